@@ -1,0 +1,140 @@
+//! `sd resolve` and `sd validate`: the description language from the command line.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use sd_lang::{Diagnostics, Options, Resolved};
+
+use super::{EXIT_INVALID, EXIT_USAGE};
+
+/// Stack for resolving: the resolver bounds its recursion, this leaves it ample room.
+const RESOLVE_STACK: usize = 256 << 20;
+
+/// Which description to read and how.
+#[derive(Debug, Args)]
+pub struct DescriptionArgs {
+    /// The description file (.sf).
+    pub file: PathBuf,
+    /// A directory to search for `#include`d files (after the including file's own
+    /// directory; the embedded library comes last). Repeatable.
+    #[arg(short = 'I', long = "include", value_name = "DIR")]
+    pub include_dirs: Vec<PathBuf>,
+    /// Set a property read by `PROPERTY name` / `IPROPERTY name`. Repeatable.
+    #[arg(short = 'D', long = "define", value_name = "NAME=VALUE", value_parser = parse_definition)]
+    pub definitions: Vec<(String, String)>,
+}
+
+/// Output format of `sd resolve`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// JSON: components as objects, LAZY references as {"$lazy": "..."}.
+    Json,
+    /// SmartFrog notation: resolves again to the same tree.
+    Sf,
+}
+
+/// Arguments of `sd resolve`.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub description: DescriptionArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+}
+
+fn parse_definition(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
+}
+
+impl DescriptionArgs {
+    fn options(&self) -> Options {
+        let mut options = Options {
+            include_dirs: self.include_dirs.clone(),
+            ..Options::default()
+        };
+        options.properties.properties =
+            self.definitions.iter().cloned().collect::<BTreeMap<_, _>>();
+        options.properties.env = std::env::vars().collect();
+        options
+    }
+
+    /// Resolves on a thread with a large stack.
+    fn resolve(&self) -> Result<Result<Resolved, Diagnostics>, ExitCode> {
+        if !self.file.is_file() {
+            eprintln!(
+                "error: cannot read description `{}`: no such file",
+                self.file.display()
+            );
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+        let options = self.options();
+        let file = self.file.clone();
+        let worker = std::thread::Builder::new()
+            .name("resolve".into())
+            .stack_size(RESOLVE_STACK)
+            .spawn(move || sd_lang::resolve_file(&file, &options));
+        match worker.map(|handle| handle.join()) {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) | Err(_) => {
+                eprintln!(
+                    "error: the resolver failed unexpectedly (this is a bug in sd; please report it with the description)"
+                );
+                Err(ExitCode::from(EXIT_INVALID))
+            }
+        }
+    }
+}
+
+/// `sd resolve`.
+pub fn resolve(args: &ResolveArgs) -> ExitCode {
+    let resolved = match args.description.resolve() {
+        Ok(Ok(resolved)) => resolved,
+        Ok(Err(diagnostics)) => return report(&diagnostics),
+        Err(code) => return code,
+    };
+    let text = match args.format {
+        Format::Json => {
+            let json = sd_lang::json::component_to_json(&resolved.config);
+            serde_json::to_string_pretty(&json).unwrap_or_default() + "\n"
+        }
+        Format::Sf => sd_lang::unparse::unparse_config(&resolved.config),
+    };
+    print_out(&text)
+}
+
+/// `sd validate`.
+pub fn validate(args: &DescriptionArgs) -> ExitCode {
+    match args.resolve() {
+        Ok(Ok(_)) => print_out("ok\n"),
+        Ok(Err(diagnostics)) => report(&diagnostics),
+        Err(code) => code,
+    }
+}
+
+fn report(diagnostics: &Diagnostics) -> ExitCode {
+    eprintln!("{diagnostics}");
+    ExitCode::from(EXIT_INVALID)
+}
+
+/// Writes to stdout; a closed pipe (`sd resolve x | head`) is not an error.
+fn print_out(text: &str) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

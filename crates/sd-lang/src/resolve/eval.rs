@@ -1,0 +1,589 @@
+//! Link resolution and evaluation: references, properties, `OPTIONAL`, operators,
+//! function components, and the export of the resolved tree.
+
+use crate::ast::{BinaryOp, Expr, ExprKind, Literal, PropertyKind, UnaryOp};
+use crate::error::{Diagnostic, Error};
+use crate::reference::{RefPart, Reference};
+use crate::source::Span;
+use crate::value::{Component, Value};
+
+use super::functions;
+use super::tree::{Eval, NodeId, Slot};
+use super::{ROOT, Resolver};
+
+/// A value during resolution: like [`Value`], but a component is a node of the arena.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    /// `NULL`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// 32-bit integer.
+    Int(i32),
+    /// 64-bit integer.
+    Long(i64),
+    /// 32-bit float.
+    Float(f32),
+    /// 64-bit float.
+    Double(f64),
+    /// A string.
+    Str(String),
+    /// A vector.
+    Vector(Vec<Val>),
+    /// A component of the arena (a reference to it copies it).
+    Node(NodeId),
+    /// A `LAZY` reference.
+    Lazy(Reference),
+    /// A checked assertion: left out of the resolved tree.
+    Absent,
+}
+
+impl Val {
+    /// The type's name in messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Val::Null => "NULL",
+            Val::Bool(_) => "boolean",
+            Val::Int(_) => "integer",
+            Val::Long(_) => "long",
+            Val::Float(_) => "float",
+            Val::Double(_) => "double",
+            Val::Str(_) => "string",
+            Val::Vector(_) => "vector",
+            Val::Node(_) => "component",
+            Val::Lazy(_) => "LAZY reference",
+            Val::Absent => "assertion",
+        }
+    }
+}
+
+fn literal(literal: &Literal) -> Val {
+    match literal {
+        Literal::Null => Val::Null,
+        Literal::Bool(b) => Val::Bool(*b),
+        Literal::Int(n) => Val::Int(*n),
+        Literal::Long(n) => Val::Long(*n),
+        Literal::Float(x) => Val::Float(*x),
+        Literal::Double(x) => Val::Double(*x),
+        Literal::Str(s) => Val::Str(s.clone()),
+    }
+}
+
+/// Whether a failure means "nothing there" (which `OPTIONAL` turns into its default, and
+/// which makes `ATTRIB` try the next enclosing component).
+fn is_not_found(diagnostic: &Diagnostic) -> bool {
+    matches!(
+        diagnostic.error,
+        Error::UnresolvedReference { .. } | Error::MissingProperty { .. } | Error::Tbd(_)
+    )
+}
+
+/// Where a reference step stands: a component, or a value that is not one.
+enum Here {
+    Node(NodeId),
+    Value(Val),
+}
+
+impl<'a> Resolver<'a> {
+    /// The value of attribute `name` of `node`, evaluated on first use.
+    pub(super) fn value_of(
+        &mut self,
+        node: NodeId,
+        name: &str,
+        span: Span,
+    ) -> Result<Val, Diagnostic> {
+        let Some(slot) = self.nodes[node].attrs.get_mut(name) else {
+            let error = Error::UnresolvedReference {
+                reference: name.into(),
+                from: self.path(node),
+                reason: "no such attribute".into(),
+            };
+            return Err(error.at(span));
+        };
+        let expr = match slot {
+            Slot::Expr(expr, state) => match state {
+                Eval::Done(value) => return Ok(value.clone()),
+                Eval::Failed(diagnostic) => return Err((**diagnostic).clone()),
+                Eval::Running => {
+                    let what = format!("`{}` depends on its own value", self.attr_path(node, name));
+                    return Err(Error::ReferenceCycle(what).at(span));
+                }
+                Eval::Todo => {
+                    *state = Eval::Running;
+                    *expr
+                }
+            },
+            Slot::Node(_) | Slot::Pending { .. } | Slot::Resolving => {
+                let child = self.resolve_type(node, name).map_err(|d| {
+                    if d.span.is_none() {
+                        Diagnostic {
+                            span: Some(span),
+                            ..d
+                        }
+                    } else {
+                        d
+                    }
+                })?;
+                self.ensure_deep(child);
+                return self.component_value(child, span);
+            }
+        };
+        let result = self.enter(expr.span).and_then(|()| {
+            let value = self.eval(expr, node, name);
+            self.leave();
+            value
+        });
+        let state = match &result {
+            Ok(value) => Eval::Done(value.clone()),
+            Err(diagnostic) => Eval::Failed(Box::new(diagnostic.clone())),
+        };
+        if let Some(Slot::Expr(_, slot_state)) = self.nodes[node].attrs.get_mut(name) {
+            *slot_state = state;
+        }
+        result
+    }
+
+    /// A component's value: itself, or its result if it is a function component.
+    fn component_value(&mut self, node: NodeId, span: Span) -> Result<Val, Diagnostic> {
+        if !self.nodes[node]
+            .attrs
+            .contains_key(functions::CLASS_ATTRIBUTE)
+        {
+            return Ok(Val::Node(node));
+        }
+        match &self.nodes[node].result {
+            Some(Eval::Done(value)) => return Ok(value.clone()),
+            Some(Eval::Failed(diagnostic)) => return Err((**diagnostic).clone()),
+            Some(Eval::Running) => {
+                let what = format!("function `{}` depends on its own result", self.path(node));
+                return Err(Error::ReferenceCycle(what).at(span));
+            }
+            Some(Eval::Todo) | None => {}
+        }
+        self.nodes[node].result = Some(Eval::Running);
+        let result = self.enter(span).and_then(|()| {
+            let value = self.call_function(node, span);
+            self.leave();
+            value
+        });
+        let result = if self.nodes[node].assert {
+            result.and_then(|value| self.check_assertion(node, value))
+        } else {
+            result
+        };
+        self.nodes[node].result = Some(match &result {
+            Ok(value) => Eval::Done(value.clone()),
+            Err(diagnostic) => Eval::Failed(Box::new(diagnostic.clone())),
+        });
+        result
+    }
+
+    /// An assertion holds when its value is `true`; it then leaves the tree.
+    fn check_assertion(&self, node: NodeId, value: Val) -> Result<Val, Diagnostic> {
+        let span = self.nodes[node].span;
+        match value {
+            Val::Bool(true) => Ok(Val::Absent),
+            Val::Bool(false) => Err(Error::AssertFailed {
+                path: self.path(node),
+                detail: "the assertion is false".into(),
+            }
+            .at(span)),
+            other => {
+                let detail = format!("the assertion gave a {}, not a boolean", other.type_name());
+                Err(Error::AssertFailed {
+                    path: self.path(node),
+                    detail,
+                }
+                .at(span))
+            }
+        }
+    }
+
+    fn call_function(&mut self, node: NodeId, span: Span) -> Result<Val, Diagnostic> {
+        let class = match self.value_of(node, functions::CLASS_ATTRIBUTE, span)? {
+            Val::Str(class) => class,
+            other => {
+                let what = format!(
+                    "`{}` must be a string, not a {}",
+                    self.attr_path(node, functions::CLASS_ATTRIBUTE),
+                    other.type_name()
+                );
+                return Err(Error::Type(what).at(self.nodes[node].span));
+            }
+        };
+        let names: Vec<String> = self.nodes[node]
+            .attrs
+            .keys()
+            .filter(|n| !n.starts_with("sf"))
+            .cloned()
+            .collect();
+        let mut args = Vec::with_capacity(names.len());
+        for name in names {
+            let value = self.value_of(node, &name, span)?;
+            if value != Val::Absent {
+                args.push((name, value));
+            }
+        }
+        let at = self.nodes[node].span;
+        functions::call(&class, args, &self.path(node)).map_err(|error| error.at(at))
+    }
+
+    /// Evaluates an expression written in attribute `name` of `node`.
+    fn eval(&mut self, expr: &'a Expr, node: NodeId, name: &str) -> Result<Val, Diagnostic> {
+        match &expr.kind {
+            ExprKind::Literal(value) => Ok(literal(value)),
+            ExprKind::Vector(items) => {
+                let mut values = Vec::with_capacity(items.len());
+                for item in items {
+                    let value = self.eval(item, node, name)?;
+                    if value != Val::Absent {
+                        values.push(value);
+                    }
+                }
+                Ok(Val::Vector(values))
+            }
+            ExprKind::Component(_) => Err(Error::Unsupported(
+                "a component description cannot be used inside an expression".into(),
+            )
+            .at(expr.span)),
+            ExprKind::Reference {
+                lazy: true,
+                reference,
+            } => Ok(Val::Lazy(reference.clone())),
+            ExprKind::Reference {
+                lazy: false,
+                reference,
+            } => self.follow(reference, node, expr.span),
+            ExprKind::Tbd => Err(Error::Tbd(self.attr_path(node, name)).at(expr.span)),
+            ExprKind::Assert(condition) => match self.eval(condition, node, name)? {
+                Val::Bool(true) => Ok(Val::Absent),
+                other => {
+                    let detail = match other {
+                        Val::Bool(false) => "the assertion is false".to_string(),
+                        other => {
+                            format!("the assertion gave a {}, not a boolean", other.type_name())
+                        }
+                    };
+                    Err(Error::AssertFailed {
+                        path: self.attr_path(node, name),
+                        detail,
+                    }
+                    .at(expr.span))
+                }
+            },
+            ExprKind::Unary(op, operand) => {
+                let value = self.eval(operand, node, name)?;
+                self.unary(*op, value).map_err(|error| error.at(expr.span))
+            }
+            ExprKind::Binary(op, lhs, rhs) => {
+                let left = self.eval(lhs, node, name)?;
+                // `&&`, `||` and `->` do not evaluate the right side when the left decides.
+                let short = match (op, &left) {
+                    (BinaryOp::And, Val::Bool(false)) => Some(false),
+                    (BinaryOp::Or, Val::Bool(true)) => Some(true),
+                    (BinaryOp::Implies, Val::Bool(false)) => Some(true),
+                    _ => None,
+                };
+                if let Some(decided) = short {
+                    return Ok(Val::Bool(decided));
+                }
+                let right = self.eval(rhs, node, name)?;
+                self.binary(*op, left, right)
+                    .map_err(|error| error.at(expr.span))
+            }
+            ExprKind::If(condition, then, otherwise) => match self.eval(condition, node, name)? {
+                Val::Bool(true) => self.eval(then, node, name),
+                Val::Bool(false) => self.eval(otherwise, node, name),
+                other => Err(Error::Type(format!(
+                    "IF needs a boolean condition, not a {}",
+                    other.type_name()
+                ))
+                .at(condition.span)),
+            },
+        }
+    }
+
+    /// Follows a non-`LAZY` reference from `node`. A reference that reaches a `LAZY` value
+    /// becomes lazy itself (the runtime follows it); an `OPTIONAL` one that finds nothing
+    /// gives its default.
+    fn follow(
+        &mut self,
+        reference: &Reference,
+        node: NodeId,
+        span: Span,
+    ) -> Result<Val, Diagnostic> {
+        if reference.needs_runtime() {
+            let what = format!(
+                "reference `{reference}` (in `{}`) names another process (HOST/PROCESS); only the runtime can follow it: write it `LAZY {reference}`",
+                self.path(node)
+            );
+            return Err(Error::Unsupported(what).at(span));
+        }
+        match self.walk(reference, 0, Here::Node(node), node, span) {
+            Err(diagnostic) if reference.optional && is_not_found(&diagnostic) => {
+                Ok(reference.default.as_deref().map_or(Val::Null, from_value))
+            }
+            other => other,
+        }
+    }
+
+    /// Resolves `reference.parts[index..]` from `here`.
+    fn walk(
+        &mut self,
+        reference: &Reference,
+        index: usize,
+        here: Here,
+        origin: NodeId,
+        span: Span,
+    ) -> Result<Val, Diagnostic> {
+        let unresolved = |resolver: &Self, reason: String| {
+            Error::UnresolvedReference {
+                reference: reference.to_string(),
+                from: resolver.path(origin),
+                reason,
+            }
+            .at(span)
+        };
+        let Some(part) = reference.parts.get(index) else {
+            return match here {
+                Here::Node(found) => self.component_value(found, span),
+                Here::Value(Val::Absent) => Err(unresolved(
+                    self,
+                    "it names an assertion, which has no value".into(),
+                )),
+                Here::Value(value) => Ok(value),
+            };
+        };
+        let current = match here {
+            Here::Node(current) | Here::Value(Val::Node(current)) => current,
+            // What the runtime binds, the runtime follows: the whole reference becomes lazy.
+            Here::Value(Val::Lazy(_)) => return Ok(Val::Lazy(reference.clone())),
+            Here::Value(value) => {
+                return Err(unresolved(
+                    self,
+                    format!(
+                        "cannot look inside a {} for `{}`",
+                        value.type_name(),
+                        part_text(part)
+                    ),
+                ));
+            }
+        };
+        let next =
+            |resolver: &mut Self, here| resolver.walk(reference, index + 1, here, origin, span);
+        match part {
+            RefPart::Attrib { name, .. } => {
+                // The closest `name` whose value lets the rest resolve (SmartFrog's ATTRIB
+                // retries the rest from each enclosing component).
+                let mut search = Some(current);
+                let mut first_failure = None;
+                while let Some(start) = search {
+                    let Some(holder) = self.find_up(start, name) else {
+                        break;
+                    };
+                    let result = self
+                        .value_of(holder, name, span)
+                        .and_then(|value| next(self, Here::Value(value)));
+                    match result {
+                        Err(diagnostic)
+                            if index + 1 < reference.parts.len() && is_not_found(&diagnostic) =>
+                        {
+                            first_failure.get_or_insert(diagnostic);
+                            search = self.nodes[holder].parent;
+                        }
+                        other => return other,
+                    }
+                }
+                Err(first_failure.unwrap_or_else(|| {
+                    unresolved(
+                        self,
+                        format!(
+                            "no attribute `{name}` in `{}` or any component enclosing it",
+                            self.path(current)
+                        ),
+                    )
+                }))
+            }
+            RefPart::Here(name) => {
+                if !self.nodes[current].attrs.contains_key(name) {
+                    return Err(unresolved(
+                        self,
+                        format!("no attribute `{name}` in `{}`", self.path(current)),
+                    ));
+                }
+                let value = self.value_of(current, name, span)?;
+                next(self, Here::Value(value))
+            }
+            RefPart::Parent => match self.nodes[current].parent {
+                Some(parent) => next(self, Here::Node(parent)),
+                None => Err(unresolved(self, "the top level has no PARENT".into())),
+            },
+            RefPart::Root => next(self, Here::Node(ROOT)),
+            RefPart::This => next(self, Here::Node(current)),
+            RefPart::Property(kind, property) => self.property(*kind, property, span),
+            RefPart::Host(_) | RefPart::Process => unreachable!("refused by follow before walking"),
+        }
+    }
+
+    fn property(&self, kind: PropertyKind, property: &str, span: Span) -> Result<Val, Diagnostic> {
+        let source = if kind.from_env() {
+            &self.properties.env
+        } else {
+            &self.properties.properties
+        };
+        let Some(text) = source.get(property) else {
+            return Err(Error::MissingProperty {
+                kind: kind.keyword(),
+                name: property.to_string(),
+            }
+            .at(span));
+        };
+        let not_a = |what: &str| {
+            Error::Type(format!(
+                "{} `{property}` is `{text}`, not {what}",
+                kind.keyword()
+            ))
+            .at(span)
+        };
+        match kind {
+            PropertyKind::Property | PropertyKind::EnvProperty => Ok(Val::Str(text.clone())),
+            PropertyKind::IProperty => text
+                .trim()
+                .parse::<i32>()
+                .map(Val::Int)
+                .map_err(|_| not_a("an integer")),
+            // As in SmartFrog, IENVPROPERTY reads any constant: `5`, `"text"`, `true`, `[| 1 |]`.
+            PropertyKind::IEnvProperty => crate::parser::parse_constant(text)
+                .map(|value| from_value(&value))
+                .ok_or_else(|| not_a("a constant")),
+        }
+    }
+
+    fn unary(&mut self, op: UnaryOp, value: Val) -> Result<Val, Error> {
+        functions::unary(op, value)
+    }
+
+    fn binary(&mut self, op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
+        if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
+            let equal = self.equal(&left, &right)?;
+            return Ok(Val::Bool(equal == (op == BinaryOp::Eq)));
+        }
+        functions::binary(op, left, right)
+    }
+
+    /// Structural equality; components compare by their exported attributes.
+    fn equal(&mut self, left: &Val, right: &Val) -> Result<bool, Error> {
+        match (left, right) {
+            (Val::Node(a), Val::Node(b)) => {
+                let a = self.export(*a);
+                let b = self.export(*b);
+                Ok(a.is_some() && a == b)
+            }
+            (Val::Vector(a), Val::Vector(b)) => {
+                if a.len() != b.len() {
+                    return Ok(false);
+                }
+                for (x, y) in a.iter().zip(b) {
+                    if !self.equal(x, y)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            _ => Ok(functions::scalar_equal(left, right)),
+        }
+    }
+
+    // ----- export ------------------------------------------------------------------
+
+    /// The resolved form of a component, or `None` after reporting errors.
+    pub(super) fn export(&mut self, node: NodeId) -> Option<Component> {
+        let mut on_stack = Vec::new();
+        self.export_node(node, &mut on_stack)
+    }
+
+    fn export_node(&mut self, node: NodeId, on_stack: &mut Vec<NodeId>) -> Option<Component> {
+        if on_stack.contains(&node) {
+            let what = format!(
+                "`{}` contains a reference to itself or to a component enclosing it",
+                self.path(node)
+            );
+            let span = self.nodes[node].span;
+            self.errors.push(Error::ReferenceCycle(what).at(span));
+            return None;
+        }
+        on_stack.push(node);
+        let mut component = Component {
+            eager: self.nodes[node].eager,
+            attrs: Default::default(),
+        };
+        let mut ok = true;
+        let names: Vec<String> = self.nodes[node].attrs.keys().cloned().collect();
+        let span = self.nodes[node].span;
+        for name in names {
+            let value = match self.value_of(node, &name, span) {
+                Ok(value) => value,
+                Err(diagnostic) => {
+                    self.errors.push(diagnostic);
+                    ok = false;
+                    continue;
+                }
+            };
+            match self.export_value(value, on_stack) {
+                Some(Some(value)) => {
+                    component.attrs.insert(name, value);
+                }
+                Some(None) => {}
+                None => ok = false,
+            }
+        }
+        on_stack.pop();
+        ok.then_some(component)
+    }
+
+    /// `Some(None)` for an absent value, `None` after an error.
+    fn export_value(&mut self, value: Val, on_stack: &mut Vec<NodeId>) -> Option<Option<Value>> {
+        Some(Some(match value {
+            Val::Absent => return Some(None),
+            Val::Null => Value::Null,
+            Val::Bool(b) => Value::Bool(b),
+            Val::Int(n) => Value::Int(n),
+            Val::Long(n) => Value::Long(n),
+            Val::Float(x) => Value::Float(x),
+            Val::Double(x) => Value::Double(x),
+            Val::Str(s) => Value::Str(s),
+            Val::Lazy(reference) => Value::Lazy(reference),
+            Val::Node(node) => Value::Component(self.export_node(node, on_stack)?),
+            Val::Vector(items) => {
+                let mut values = Vec::with_capacity(items.len());
+                for item in items {
+                    if let Some(value) = self.export_value(item, on_stack)? {
+                        values.push(value);
+                    }
+                }
+                Value::Vector(values)
+            }
+        }))
+    }
+}
+
+fn part_text(part: &RefPart) -> String {
+    Reference::new(vec![part.clone()]).to_string()
+}
+
+/// A resolved constant as a working value.
+fn from_value(value: &Value) -> Val {
+    match value {
+        Value::Null => Val::Null,
+        Value::Bool(b) => Val::Bool(*b),
+        Value::Int(n) => Val::Int(*n),
+        Value::Long(n) => Val::Long(*n),
+        Value::Float(x) => Val::Float(*x),
+        Value::Double(x) => Val::Double(*x),
+        Value::Str(s) => Val::Str(s.clone()),
+        Value::Vector(items) => Val::Vector(items.iter().map(from_value).collect()),
+        Value::Lazy(reference) => Val::Lazy(reference.clone()),
+        // Constants never hold components.
+        Value::Component(_) => Val::Null,
+    }
+}
