@@ -41,6 +41,14 @@ pub mod value;
 
 use std::path::{Path, PathBuf};
 
+/// Runs `f`, first moving to a fresh stack segment when little stack is left: the parser
+/// and resolver recurse (within their bounds) and must not overflow a small caller stack.
+pub(crate) fn with_stack<R>(f: impl FnOnce() -> R) -> R {
+    const RED_ZONE: usize = 256 << 10;
+    const SEGMENT: usize = 4 << 20;
+    stacker::maybe_grow(RED_ZONE, SEGMENT, f)
+}
+
 pub use error::{Diagnostic, Diagnostics, Error};
 pub use include::{FsLoader, LoadError, Loaded, Loader, MemoryLoader};
 pub use reference::{RefPart, Reference};
@@ -100,8 +108,20 @@ pub fn resolve_str(name: &str, text: &str, options: &Options) -> Result<Resolved
     resolve_loaded(root, &loader, &options.properties)
 }
 
-/// Resolves a loaded root file with any loader.
+/// Resolves a loaded root file with any loader. Runs on a stack segment of its own, so
+/// callers on small stacks (async tasks, test threads) are safe.
 pub fn resolve_loaded(
+    root: Loaded,
+    loader: &dyn Loader,
+    properties: &Properties,
+) -> Result<Resolved, Diagnostics> {
+    const RESOLVE_STACK: usize = 16 << 20;
+    stacker::grow(RESOLVE_STACK, || {
+        resolve_on_this_stack(root, loader, properties)
+    })
+}
+
+fn resolve_on_this_stack(
     root: Loaded,
     loader: &dyn Loader,
     properties: &Properties,

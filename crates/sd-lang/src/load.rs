@@ -72,6 +72,10 @@ impl State<'_> {
     }
 
     fn expand(&mut self, body: Body) -> Body {
+        crate::with_stack(|| self.expand_here(body))
+    }
+
+    fn expand_here(&mut self, body: Body) -> Body {
         let mut out = Vec::with_capacity(body.len());
         for item in body {
             match item {

@@ -312,6 +312,10 @@ impl Parser {
     /// After `extends` (or `APPLY` / `ASSERT`): `[LAZY|DATA] T, T ... ({ body } | ;)` where
     /// each `T` is a prototype reference, `NULL` or a `{ body }`.
     fn component(&mut self, start: Span, role: ComponentRole) -> PResult<Expr> {
+        crate::with_stack(|| self.component_inner(start, role))
+    }
+
+    fn component_inner(&mut self, start: Span, role: ComponentRole) -> PResult<Expr> {
         self.nest()?;
         let lazy = self.eat_word("LAZY") || self.eat_word("DATA");
         let mut types = Vec::new();
@@ -447,7 +451,7 @@ impl Parser {
 
     fn expr(&mut self) -> PResult<Expr> {
         self.nest()?;
-        let expr = self.implies();
+        let expr = crate::with_stack(|| self.implies());
         self.depth -= 1;
         expr
     }

@@ -10,9 +10,6 @@ use sd_lang::{Diagnostics, Options, Resolved};
 
 use super::{EXIT_INVALID, EXIT_USAGE};
 
-/// Stack for resolving: the resolver bounds its recursion, this leaves it ample room.
-const RESOLVE_STACK: usize = 256 << 20;
-
 /// Which description to read and how.
 #[derive(Debug, Args)]
 pub struct DescriptionArgs {
@@ -65,7 +62,6 @@ impl DescriptionArgs {
         options
     }
 
-    /// Resolves on a thread with a large stack.
     fn resolve(&self) -> Result<Result<Resolved, Diagnostics>, ExitCode> {
         if !self.file.is_file() {
             eprintln!(
@@ -74,21 +70,7 @@ impl DescriptionArgs {
             );
             return Err(ExitCode::from(EXIT_USAGE));
         }
-        let options = self.options();
-        let file = self.file.clone();
-        let worker = std::thread::Builder::new()
-            .name("resolve".into())
-            .stack_size(RESOLVE_STACK)
-            .spawn(move || sd_lang::resolve_file(&file, &options));
-        match worker.map(|handle| handle.join()) {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) | Err(_) => {
-                eprintln!(
-                    "error: the resolver failed unexpectedly (this is a bug in sd; please report it with the description)"
-                );
-                Err(ExitCode::from(EXIT_INVALID))
-            }
-        }
+        Ok(sd_lang::resolve_file(&self.file, &self.options()))
     }
 }
 

@@ -113,7 +113,7 @@ impl<'a> Resolver<'a> {
                     *expr
                 }
             },
-            Slot::Node(_) | Slot::Pending { .. } | Slot::Resolving => {
+            Slot::Node(_) | Slot::Pending { .. } | Slot::Resolving(_) => {
                 let child = self.resolve_type(node, name).map_err(|d| {
                     if d.span.is_none() {
                         Diagnostic {
@@ -230,6 +230,10 @@ impl<'a> Resolver<'a> {
 
     /// Evaluates an expression written in attribute `name` of `node`.
     fn eval(&mut self, expr: &'a Expr, node: NodeId, name: &str) -> Result<Val, Diagnostic> {
+        crate::with_stack(|| self.eval_inner(expr, node, name))
+    }
+
+    fn eval_inner(&mut self, expr: &'a Expr, node: NodeId, name: &str) -> Result<Val, Diagnostic> {
         match &expr.kind {
             ExprKind::Literal(value) => Ok(literal(value)),
             ExprKind::Vector(items) => {
@@ -503,6 +507,10 @@ impl<'a> Resolver<'a> {
     }
 
     fn export_node(&mut self, node: NodeId, on_stack: &mut Vec<NodeId>) -> Option<Component> {
+        crate::with_stack(|| self.export_node_inner(node, on_stack))
+    }
+
+    fn export_node_inner(&mut self, node: NodeId, on_stack: &mut Vec<NodeId>) -> Option<Component> {
         if on_stack.contains(&node) {
             let what = format!(
                 "`{}` contains a reference to itself or to a component enclosing it",

@@ -31,7 +31,7 @@ use tree::{Eval, Node, NodeId, Slot};
 /// Deepest component tree accepted (after prototypes are copied in).
 pub const MAX_DEPTH: usize = 128;
 /// Most components in the working tree (templates and copies included).
-pub const MAX_NODES: usize = 2_000_000;
+pub const MAX_NODES: usize = 200_000;
 /// Deepest chain of prototypes or references followed while resolving one attribute.
 pub const MAX_CHAIN: usize = 256;
 
@@ -264,6 +264,10 @@ impl<'a> Resolver<'a> {
 
     /// Merges the prototypes and body of the pending component `node:name`.
     fn resolve_type(&mut self, node: NodeId, name: &str) -> Result<NodeId, Diagnostic> {
+        crate::with_stack(|| self.resolve_type_inner(node, name))
+    }
+
+    fn resolve_type_inner(&mut self, node: NodeId, name: &str) -> Result<NodeId, Diagnostic> {
         let slot = self.nodes[node]
             .attrs
             .get_mut(name)
@@ -271,19 +275,20 @@ impl<'a> Resolver<'a> {
         let (expr, span, base) = match slot {
             Slot::Node(child) => return Ok(*child),
             Slot::Pending { expr, span, base } => (*expr, *span, *base),
-            Slot::Resolving => {
+            Slot::Resolving(at) => {
+                let at = *at;
                 let what = format!(
                     "`{}` extends itself (through its prototypes or an enclosing component)",
                     self.attr_path(node, name)
                 );
-                return Err(Error::ReferenceCycle(what).nowhere());
+                return Err(Error::ReferenceCycle(what).at(at));
             }
             Slot::Expr(expr, _) => {
                 let reason = "it is a value, not a component".to_string();
                 return Err(Error::Unsupported(reason).at(expr.span));
             }
         };
-        *slot = Slot::Resolving;
+        *slot = Slot::Resolving(span);
         let child = match base {
             Some(base) => Some(base),
             None => self.new_node(name, node, span, !expr.lazy),
@@ -454,6 +459,10 @@ impl<'a> Resolver<'a> {
 
     /// Copies `source`'s attributes into `target`, merging components of the same name.
     fn merge_copy(&mut self, source: NodeId, target: NodeId) {
+        crate::with_stack(|| self.merge_copy_inner(source, target));
+    }
+
+    fn merge_copy_inner(&mut self, source: NodeId, target: NodeId) {
         let attrs: Vec<(String, Slot<'a>)> = self.nodes[source]
             .attrs
             .iter()
@@ -478,7 +487,7 @@ impl<'a> Resolver<'a> {
                         .insert(name, Slot::Expr(expr, Eval::Todo));
                 }
                 // Left unresolved by an error already reported.
-                Slot::Pending { .. } | Slot::Resolving => {}
+                Slot::Pending { .. } | Slot::Resolving(_) => {}
             }
         }
     }

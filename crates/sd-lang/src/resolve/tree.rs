@@ -37,8 +37,8 @@ pub enum Slot<'a> {
         /// An inherited component of the same name it is merged into.
         base: Option<NodeId>,
     },
-    /// A component being type-resolved (seen again: a prototype cycle).
-    Resolving,
+    /// A component being type-resolved (seen again: a prototype cycle); where it is written.
+    Resolving(Span),
     /// A type-resolved component.
     Node(NodeId),
     /// A value expression and its evaluation state.
