@@ -124,8 +124,10 @@ impl Loader for FsLoader {
                 Err(Some(reason)) => return Err(LoadError::Unreadable(reason)),
             }
         }
-        if let Some(text) = embedded(name) {
-            return Ok(embedded_file(name, text));
+        // SmartFrog writes "/org/smartfrog/components.sf" for the class path's root.
+        let library_name = name.trim_start_matches('/');
+        if let Some(text) = embedded(library_name) {
+            return Ok(embedded_file(library_name, text));
         }
         searched.push("the embedded library".into());
         Err(LoadError::NotFound(searched))
@@ -168,12 +170,57 @@ impl Loader for MemoryLoader {
                 text: text.clone(),
             });
         }
-        match embedded(name) {
-            Some(text) => Ok(embedded_file(name, text)),
+        let library_name = name.trim_start_matches('/');
+        match embedded(library_name) {
+            Some(text) => Ok(embedded_file(library_name, text)),
             None => Err(LoadError::NotFound(vec![
                 "memory".into(),
                 "the embedded library".into(),
             ])),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_library_is_embedded_and_found_from_anywhere() {
+        assert!(embedded_names().any(|name| name == "prelude.sf"));
+        assert!(embedded_names().any(|name| name == "org/smartfrog/functions.sf"));
+        let loader = FsLoader::default();
+        for name in [
+            "prelude.sf",
+            "org/smartfrog/functions.sf",
+            "/org/smartfrog/functions.sf",
+        ] {
+            let loaded = loader.load(name, "/nowhere/main.sf").expect(name);
+            assert!(
+                loaded.display.starts_with(EMBEDDED_PREFIX),
+                "{}",
+                loaded.display
+            );
+        }
+    }
+
+    #[test]
+    fn library_files_include_their_siblings() {
+        let loaded = FsLoader::default()
+            .load("sd/core.sf", "<library>/prelude.sf")
+            .expect("sibling");
+        assert_eq!(loaded.key, "<library>/sd/core.sf");
+    }
+
+    #[test]
+    fn missing_files_list_where_they_were_looked_for() {
+        let loader = FsLoader::new(vec![PathBuf::from("/also/here")]);
+        let Err(LoadError::NotFound(searched)) = loader.load("nope.sf", "/dir/main.sf") else {
+            panic!("nope.sf does not exist");
+        };
+        assert_eq!(
+            searched,
+            ["/dir/nope.sf", "/also/here/nope.sf", "the embedded library"]
+        );
     }
 }
