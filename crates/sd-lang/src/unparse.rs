@@ -43,6 +43,7 @@ pub fn value_text(value: &Value) -> String {
         Value::Float(x) => format!("{}f", float_text(f64::from(*x), &format!("{x:?}"))),
         Value::Double(x) => float_text(*x, &format!("{x:?}")),
         Value::Str(s) => quote(s),
+        Value::Vector(items) if items.is_empty() => "[| |]".into(),
         Value::Vector(items) => {
             let items: Vec<String> = items.iter().map(value_text).collect();
             format!("[| {} |]", items.join(", "))
