@@ -124,7 +124,6 @@ impl<'a> Resolver<'a> {
                         d
                     }
                 })?;
-                self.ensure_deep(child);
                 return self.component_value(child, span);
             }
         };

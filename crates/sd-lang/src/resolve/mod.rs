@@ -470,12 +470,9 @@ impl<'a> Resolver<'a> {
             .collect();
         for (name, slot) in attrs {
             match slot {
-                Slot::Node(from) => match self.nodes[target].attrs.get(&name) {
-                    Some(Slot::Node(into)) => {
-                        let into = *into;
-                        self.merge_copy(from, into);
-                    }
-                    _ => {
+                Slot::Node(from) => match self.child_component(target, &name) {
+                    Some(into) => self.merge_copy(from, into),
+                    None => {
                         if let Some(copy) = self.deep_copy(from, target) {
                             self.nodes[target].attrs.insert(name, Slot::Node(copy));
                         }
