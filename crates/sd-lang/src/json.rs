@@ -15,7 +15,7 @@ pub fn component_to_json(component: &Component) -> Json {
         map.insert("$eager".into(), Json::Bool(false));
     }
     for (name, value) in &component.attrs {
-        map.insert(name.clone(), to_json(value));
+        map.insert(name.to_string(), to_json(value));
     }
     Json::Object(map)
 }

@@ -1,8 +1,6 @@
 //! Reads a description and everything it includes into one body, with includes spliced
 //! where they stand. Detects include cycles and bounds the total size.
 
-use std::collections::HashMap;
-
 use crate::ast::{Body, ExprKind, Item, TypeItem};
 use crate::error::{Diagnostic, Error};
 use crate::include::{LoadError, Loaded, Loader};
@@ -31,7 +29,6 @@ pub fn load(root: Loaded, loader: &dyn Loader) -> LoadedDescription {
         sources: SourceMap::default(),
         errors: Vec::new(),
         stack: Vec::new(),
-        parsed: HashMap::new(),
         bytes: 0,
         includes: 0,
     };
@@ -49,17 +46,12 @@ struct State<'l> {
     errors: Vec<Diagnostic>,
     /// Keys of the files being expanded, outermost first, with their display names.
     stack: Vec<(String, String)>,
-    /// Files already parsed and expanded, by key (a file included twice is read once).
-    parsed: HashMap<String, Body>,
     bytes: usize,
     includes: usize,
 }
 
 impl State<'_> {
     fn file(&mut self, loaded: Loaded) -> Body {
-        if let Some(body) = self.parsed.get(&loaded.key) {
-            return body.clone();
-        }
         self.bytes += loaded.text.len();
         let id = self.sources.add(loaded.display.clone(), loaded.text);
         let (body, errors) = parse(id, &self.sources.file(id).text);
@@ -67,7 +59,6 @@ impl State<'_> {
         self.stack.push((loaded.key.clone(), loaded.display));
         let body = self.expand(body);
         self.stack.pop();
-        self.parsed.insert(loaded.key, body.clone());
         body
     }
 

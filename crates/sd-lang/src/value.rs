@@ -4,6 +4,13 @@ use indexmap::IndexMap;
 
 use crate::reference::Reference;
 
+/// An attribute name. Shared: copying a prototype or exporting a tree copies every name.
+pub type Name = std::sync::Arc<str>;
+
+/// A component's attributes in declaration order. The hasher is fast and randomly seeded
+/// (names come from untrusted descriptions).
+pub type Attrs = IndexMap<Name, Value, foldhash::fast::RandomState>;
+
 /// A resolved value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -64,12 +71,18 @@ impl Value {
 }
 
 /// A resolved component description: its attributes in declaration order.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Component {
     /// False for `extends LAZY` descriptions: data for the runtime, not a child to deploy.
     pub eager: bool,
     /// The attributes, in order.
-    pub attrs: IndexMap<String, Value>,
+    pub attrs: Attrs,
+}
+
+impl Default for Component {
+    fn default() -> Self {
+        Component::new()
+    }
 }
 
 impl Component {
@@ -77,7 +90,7 @@ impl Component {
     pub fn new() -> Self {
         Component {
             eager: true,
-            attrs: IndexMap::new(),
+            attrs: Attrs::default(),
         }
     }
 
@@ -105,6 +118,6 @@ impl Component {
     pub fn children(&self) -> impl Iterator<Item = (&str, &Component)> {
         self.attrs
             .iter()
-            .filter_map(|(name, value)| Some((name.as_str(), value.as_component()?)))
+            .filter_map(|(name, value)| Some((&**name, value.as_component()?)))
     }
 }

@@ -8,7 +8,7 @@ use crate::source::Span;
 use crate::value::{Component, Value};
 
 use super::functions;
-use super::tree::{Eval, NodeId, Slot};
+use super::tree::{Eval, Name, NodeId, Slot};
 use super::{ROOT, Resolver};
 
 /// A value during resolution: like [`Value`], but a component is a node of the arena.
@@ -210,7 +210,7 @@ impl<'a> Resolver<'a> {
                 return Err(Error::Type(what).at(self.nodes[node].span));
             }
         };
-        let names: Vec<String> = self.nodes[node]
+        let names: Vec<Name> = self.nodes[node]
             .attrs
             .keys()
             .filter(|n| !n.starts_with("sf"))
@@ -220,7 +220,7 @@ impl<'a> Resolver<'a> {
         for name in names {
             let value = self.value_of(node, &name, span)?;
             if value != Val::Absent {
-                args.push((name, value));
+                args.push((name.to_string(), value));
             }
         }
         let at = self.nodes[node].span;
@@ -408,7 +408,7 @@ impl<'a> Resolver<'a> {
                 }))
             }
             RefPart::Here(name) => {
-                if !self.nodes[current].attrs.contains_key(name) {
+                if !self.nodes[current].attrs.contains_key(name.as_str()) {
                     return Err(unresolved(
                         self,
                         format!("no attribute `{name}` in `{}`", self.path(current)),
@@ -520,12 +520,13 @@ impl<'a> Resolver<'a> {
             return None;
         }
         on_stack.push(node);
+        let size = self.nodes[node].attrs.len();
         let mut component = Component {
             eager: self.nodes[node].eager,
-            attrs: Default::default(),
+            attrs: crate::value::Attrs::with_capacity_and_hasher(size, Default::default()),
         };
         let mut ok = true;
-        let names: Vec<String> = self.nodes[node].attrs.keys().cloned().collect();
+        let names: Vec<Name> = self.nodes[node].attrs.keys().cloned().collect();
         let span = self.nodes[node].span;
         for name in names {
             let value = match self.value_of(node, &name, span) {

@@ -26,7 +26,7 @@ use crate::reference::{RefPart, Reference};
 use crate::source::Span;
 use crate::value::Component;
 
-use tree::{Eval, Node, NodeId, Slot};
+use tree::{Eval, Name, Node, NodeId, Slot};
 
 /// Deepest component tree accepted (after prototypes are copied in).
 pub const MAX_DEPTH: usize = 128;
@@ -83,7 +83,7 @@ pub(crate) struct Resolver<'a> {
 impl<'a> Resolver<'a> {
     fn new(properties: &'a Properties) -> Self {
         let root = Node {
-            name: String::new(),
+            name: Name::from(""),
             parent: None,
             depth: 0,
             span: Span::default(),
@@ -106,7 +106,7 @@ impl<'a> Resolver<'a> {
     pub(crate) fn path(&self, mut node: NodeId) -> String {
         let mut names = Vec::new();
         while let Some(parent) = self.nodes[node].parent {
-            names.push(self.nodes[node].name.as_str());
+            names.push(&*self.nodes[node].name);
             node = parent;
         }
         if names.is_empty() {
@@ -147,7 +147,7 @@ impl<'a> Resolver<'a> {
         self.chain -= 1;
     }
 
-    fn new_node(&mut self, name: &str, parent: NodeId, span: Span, eager: bool) -> Option<NodeId> {
+    fn new_node(&mut self, name: Name, parent: NodeId, span: Span, eager: bool) -> Option<NodeId> {
         let depth = self.nodes[parent].depth + 1;
         if depth > MAX_DEPTH || self.nodes.len() >= MAX_NODES {
             let what = format!(
@@ -157,7 +157,7 @@ impl<'a> Resolver<'a> {
             return None;
         }
         self.nodes.push(Node {
-            name: name.to_string(),
+            name,
             parent: Some(parent),
             depth,
             span,
@@ -221,18 +221,18 @@ impl<'a> Resolver<'a> {
                         }
                     }
                 }
-                self.set(target, last.clone(), attribute);
+                self.set(target, Name::from(last.as_str()), attribute);
             }
         }
     }
 
     /// A name for a `--` attribute (`uniqueN`, as SmartFrog names them), unused in `node`.
-    fn fresh_name(&mut self, node: NodeId) -> String {
+    fn fresh_name(&mut self, node: NodeId) -> Name {
         loop {
             let name = format!("unique{}", self.anonymous);
             self.anonymous += 1;
-            if !self.nodes[node].attrs.contains_key(&name) {
-                return name;
+            if !self.nodes[node].attrs.contains_key(name.as_str()) {
+                return Name::from(name);
             }
         }
     }
@@ -246,7 +246,7 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn set(&mut self, node: NodeId, name: String, attribute: &'a Attribute) {
+    fn set(&mut self, node: NodeId, name: Name, attribute: &'a Attribute) {
         let value = &attribute.value;
         let slot = match &value.kind {
             ExprKind::Component(expr) => {
@@ -268,10 +268,12 @@ impl<'a> Resolver<'a> {
     }
 
     fn resolve_type_inner(&mut self, node: NodeId, name: &str) -> Result<NodeId, Diagnostic> {
-        let slot = self.nodes[node]
+        // Slots are never removed, so the index stays valid while prototypes are merged.
+        let (index, key, slot) = self.nodes[node]
             .attrs
-            .get_mut(name)
+            .get_full_mut(name)
             .expect("the caller found the slot");
+        let key = key.clone();
         let (expr, span, base) = match slot {
             Slot::Node(child) => return Ok(*child),
             Slot::Pending { expr, span, base } => (*expr, *span, *base),
@@ -291,15 +293,13 @@ impl<'a> Resolver<'a> {
         *slot = Slot::Resolving(span);
         let child = match base {
             Some(base) => Some(base),
-            None => self.new_node(name, node, span, !expr.lazy),
+            None => self.new_node(key, node, span, !expr.lazy),
         };
         let Some(child) = child else {
             // Over a size limit (already reported): leave an empty value in its place.
             let diagnostic = Error::Limit("component tree too large".into()).at(span);
-            self.nodes[node].attrs.insert(
-                name.to_string(),
-                Slot::Expr(&DROPPED, Eval::Failed(Box::new(diagnostic.clone()))),
-            );
+            self.nodes[node].attrs[index] =
+                Slot::Expr(&DROPPED, Eval::Failed(Box::new(diagnostic.clone())));
             return Err(diagnostic);
         };
         self.nodes[child].eager = !expr.lazy;
@@ -330,9 +330,7 @@ impl<'a> Resolver<'a> {
                 }
             }
         }
-        self.nodes[node]
-            .attrs
-            .insert(name.to_string(), Slot::Node(child));
+        self.nodes[node].attrs[index] = Slot::Node(child);
         Ok(child)
     }
 
@@ -369,7 +367,7 @@ impl<'a> Resolver<'a> {
                     }
                 },
                 RefPart::Here(name) => {
-                    if !self.nodes[current].attrs.contains_key(name) {
+                    if !self.nodes[current].attrs.contains_key(name.as_str()) {
                         return Err(bad(
                             self,
                             format!("no attribute `{name}` in `{}`", self.path(current)),
@@ -442,7 +440,7 @@ impl<'a> Resolver<'a> {
     fn ensure_deep(&mut self, node: NodeId) {
         let mut stack = vec![node];
         while let Some(current) = stack.pop() {
-            let names: Vec<String> = self.nodes[current]
+            let names: Vec<Name> = self.nodes[current]
                 .attrs
                 .iter()
                 .filter(|(_, slot)| matches!(slot, Slot::Pending { .. } | Slot::Node(_)))
@@ -463,7 +461,7 @@ impl<'a> Resolver<'a> {
     }
 
     fn merge_copy_inner(&mut self, source: NodeId, target: NodeId) {
-        let attrs: Vec<(String, Slot<'a>)> = self.nodes[source]
+        let attrs: Vec<(Name, Slot<'a>)> = self.nodes[source]
             .attrs
             .iter()
             .map(|(name, slot)| (name.clone(), slot.clone()))
@@ -494,8 +492,10 @@ impl<'a> Resolver<'a> {
             let node = &self.nodes[source];
             (node.name.clone(), node.span, node.eager, node.assert)
         };
-        let copy = self.new_node(&name, parent, span, eager)?;
+        let copy = self.new_node(name, parent, span, eager)?;
         self.nodes[copy].assert = assert;
+        let size = self.nodes[source].attrs.len();
+        self.nodes[copy].attrs.reserve(size);
         self.merge_copy(source, copy);
         Some(copy)
     }

@@ -12,6 +12,12 @@ use super::eval::Val;
 /// Index of a component in the arena.
 pub type NodeId = usize;
 
+pub use crate::value::Name;
+
+/// A component's attributes, in order. The hasher is fast and randomly seeded (names come
+/// from untrusted descriptions).
+pub type Attrs<'a> = IndexMap<Name, Slot<'a>, foldhash::fast::RandomState>;
+
 /// The state of an expression slot in the link phase.
 #[derive(Debug, Clone)]
 pub enum Eval {
@@ -49,7 +55,7 @@ pub enum Slot<'a> {
 #[derive(Debug, Clone)]
 pub struct Node<'a> {
     /// The attribute name it has in its parent.
-    pub name: String,
+    pub name: Name,
     /// The enclosing component (`None` for the top level).
     pub parent: Option<NodeId>,
     /// Depth below the top level.
@@ -61,7 +67,7 @@ pub struct Node<'a> {
     /// An `ASSERT { ... }`: a function whose result must be `true`.
     pub assert: bool,
     /// The attributes.
-    pub attrs: IndexMap<String, Slot<'a>>,
+    pub attrs: Attrs<'a>,
     /// A function component's result, once evaluated.
     pub result: Option<Eval>,
 }
