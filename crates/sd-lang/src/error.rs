@@ -31,7 +31,7 @@ pub enum Error {
     #[error("include cycle: {0}")]
     IncludeCycle(String),
     /// A file could not be read.
-    #[error("cannot read include \"{name}\": {reason}")]
+    #[error("cannot read \"{name}\": {reason}")]
     IncludeUnreadable {
         /// The name as written.
         name: String,

@@ -460,15 +460,17 @@ impl Lexer<'_, '_> {
         }
         let body = &self.text[start..self.pos];
         let suffix = self.peek(0).to_ascii_lowercase();
-        let suffix = if matches!(suffix, b'l' | b'f' | b'd') && !is_word_char(self.peek(1) as char)
-        {
+        // Letters, digits, `_` or `.` right after a number make it malformed; an operator
+        // character (`1+2`) just ends it.
+        let glued = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'.';
+        let suffix = if matches!(suffix, b'l' | b'f' | b'd') && !glued(self.peek(1)) {
             self.pos += 1;
             suffix
         } else {
             0
         };
-        if is_word_char(self.peek(0) as char) {
-            while is_word_char(self.peek(0) as char) {
+        if glued(self.peek(0)) {
+            while glued(self.peek(0)) {
                 self.pos += 1;
             }
             let text = self.text[start..self.pos].to_string();
@@ -483,8 +485,16 @@ impl Lexer<'_, '_> {
             }
         };
         let tok = match (suffix, floating) {
-            (b'f', _) => body.parse::<f32>().ok().map(Tok::Float),
-            (b'd', _) | (0, true) => body.parse::<f64>().ok().map(Tok::Double),
+            (b'f', _) => body
+                .parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Tok::Float),
+            (b'd', _) | (0, true) => body
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Tok::Double),
             (b'l', false) => integer().ok().map(Tok::Long),
             (0, false) => integer().ok().map(Tok::Int),
             _ => None,

@@ -128,8 +128,11 @@ fn resolve_on_this_stack(
 ) -> Result<Resolved, Diagnostics> {
     let loaded = load::load(root, loader);
     if !loaded.errors.is_empty() {
+        let mut errors = loaded.errors;
+        // Lexer and parser errors come in two batches: show them in source order.
+        errors.sort_by_key(|d| d.span.map_or((u32::MAX, 0), |s| (s.file.0, s.start)));
         return Err(Diagnostics {
-            errors: loaded.errors,
+            errors,
             sources: loaded.sources,
         });
     }

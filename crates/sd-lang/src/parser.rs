@@ -47,8 +47,8 @@ fn keyword(tok: &Tok) -> Option<&str> {
     }
 }
 
-/// Words that cannot name an attribute or start a plain reference.
-const RESERVED: &[&str] = &[
+/// Words that cannot name an attribute or start a plain reference (quote them: `"LAZY" 1;`).
+pub const RESERVED: &[&str] = &[
     "extends",
     "LAZY",
     "ATTRIB",
@@ -397,6 +397,18 @@ impl Parser {
     }
 
     fn ref_part(&mut self, first: bool) -> PResult<RefPart> {
+        // A quoted name is a name, whatever its characters (`ATTRIB "my name"`, `a:"b c"`).
+        if let Tok::Str(name) = self.peek().clone() {
+            self.bump();
+            return Ok(if first {
+                RefPart::Attrib {
+                    name,
+                    keyword: false,
+                }
+            } else {
+                RefPart::Here(name)
+            });
+        }
         let word = match self.peek() {
             Tok::Word(w) => w.clone(),
             _ => {

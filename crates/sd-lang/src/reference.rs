@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::ast::PropertyKind;
+use crate::unparse::name_text;
 use crate::value::Value;
 
 /// One step of a reference.
@@ -78,19 +79,21 @@ impl fmt::Display for Reference {
                 RefPart::Attrib {
                     name,
                     keyword: true,
-                } => write!(f, "ATTRIB {name}")?,
+                } => write!(f, "ATTRIB {}", name_text(name))?,
                 RefPart::Attrib {
                     name,
                     keyword: false,
-                } => f.write_str(name)?,
-                RefPart::Here(name) if i == 0 => write!(f, "HERE {name}")?,
-                RefPart::Here(name) => f.write_str(name)?,
+                } => f.write_str(&name_text(name))?,
+                RefPart::Here(name) if i == 0 => write!(f, "HERE {}", name_text(name))?,
+                RefPart::Here(name) => f.write_str(&name_text(name))?,
                 RefPart::Parent => f.write_str("PARENT")?,
                 RefPart::Root => f.write_str("ROOT")?,
                 RefPart::This => f.write_str("THIS")?,
                 RefPart::Host(host) => write!(f, "HOST {}", crate::unparse::quote(host))?,
                 RefPart::Process => f.write_str("PROCESS")?,
-                RefPart::Property(kind, name) => write!(f, "{} {name}", kind.keyword())?,
+                RefPart::Property(kind, name) => {
+                    write!(f, "{} {}", kind.keyword(), name_text(name))?
+                }
             }
         }
         Ok(())

@@ -15,6 +15,7 @@ pub fn unparse_config(config: &Component) -> String {
 
 fn write_component(out: &mut String, name: &str, component: &Component, depth: usize) {
     let indent = "  ".repeat(depth);
+    let name = name_text(name);
     let lazy = if component.eager { "" } else { "LAZY " };
     if component.attrs.is_empty() {
         let _ = writeln!(out, "{indent}{name} extends {lazy}{{}}");
@@ -25,15 +26,15 @@ fn write_component(out: &mut String, name: &str, component: &Component, depth: u
         match value {
             Value::Component(child) => write_component(out, attr, child, depth + 1),
             other => {
-                let _ = writeln!(out, "{indent}  {attr} {};", value_text(other));
+                let _ = writeln!(out, "{indent}  {} {};", name_text(attr), value_text(other));
             }
         }
     }
     let _ = writeln!(out, "{indent}}}");
 }
 
-/// A value as written in a description (components are written inline only inside
-/// vectors, which the resolver never produces, so they do not appear here).
+/// A value as written in a description. Components appear only as attributes (the
+/// resolver keeps them out of vectors), where [`unparse_config`] writes them.
 pub fn value_text(value: &Value) -> String {
     match value {
         Value::Null => "NULL".into(),
@@ -87,8 +88,19 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// Whether `name` can be written as an attribute name.
+/// Whether `name` can be written as a bare word (else it is written quoted).
 pub fn is_plain_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(is_word_start) && chars.all(is_word_char)
+    chars.next().is_some_and(is_word_start)
+        && chars.all(is_word_char)
+        && !crate::parser::RESERVED.contains(&name)
+}
+
+/// An attribute name as written: bare when it can be, quoted otherwise.
+pub fn name_text(name: &str) -> String {
+    if is_plain_name(name) {
+        name.to_string()
+    } else {
+        quote(name)
+    }
 }

@@ -39,20 +39,20 @@ pub enum Val {
 }
 
 impl Val {
-    /// The type's name in messages.
+    /// The type's name in messages, with its article ("an integer", "a string").
     pub fn type_name(&self) -> &'static str {
         match self {
             Val::Null => "NULL",
-            Val::Bool(_) => "boolean",
-            Val::Int(_) => "integer",
-            Val::Long(_) => "long",
-            Val::Float(_) => "float",
-            Val::Double(_) => "double",
-            Val::Str(_) => "string",
-            Val::Vector(_) => "vector",
-            Val::Node(_) => "component",
-            Val::Lazy(_) => "LAZY reference",
-            Val::Absent => "assertion",
+            Val::Bool(_) => "a boolean",
+            Val::Int(_) => "an integer",
+            Val::Long(_) => "a long",
+            Val::Float(_) => "a float",
+            Val::Double(_) => "a double",
+            Val::Str(_) => "a string",
+            Val::Vector(_) => "a vector",
+            Val::Node(_) => "a component",
+            Val::Lazy(_) => "a LAZY reference",
+            Val::Absent => "an assertion",
         }
     }
 }
@@ -188,7 +188,7 @@ impl<'a> Resolver<'a> {
             }
             .at(span)),
             other => {
-                let detail = format!("the assertion gave a {}, not a boolean", other.type_name());
+                let detail = format!("the assertion gave {}, not a boolean", other.type_name());
                 Err(Error::AssertFailed {
                     path: self.path(node),
                     detail,
@@ -203,7 +203,7 @@ impl<'a> Resolver<'a> {
             Val::Str(class) => class,
             other => {
                 let what = format!(
-                    "`{}` must be a string, not a {}",
+                    "`{}` must be a string, not {}",
                     self.attr_path(node, functions::CLASS_ATTRIBUTE),
                     other.type_name()
                 );
@@ -224,6 +224,14 @@ impl<'a> Resolver<'a> {
             }
         }
         let at = self.nodes[node].span;
+        // Equality of components is structural, as for `==`: it needs the resolver.
+        let short_class = class.rsplit('.').next().unwrap_or(&class);
+        let named = |wanted: &str| args.iter().find(|(n, _)| n == wanted).map(|(_, v)| v);
+        if let ("EQ" | "NE", Some(left), Some(right)) = (short_class, named("left"), named("right"))
+        {
+            let equal = self.equal(left, right).map_err(|error| error.at(at))?;
+            return Ok(Val::Bool(equal == (short_class == "EQ")));
+        }
         functions::call(&class, args, &self.path(node)).map_err(|error| error.at(at))
     }
 
@@ -239,6 +247,13 @@ impl<'a> Resolver<'a> {
                 let mut values = Vec::with_capacity(items.len());
                 for item in items {
                     let value = self.eval(item, node, name)?;
+                    if let Val::Node(component) = value {
+                        let what = format!(
+                            "a vector holds values and LAZY references, not components (`{}`): refer to it with `LAZY`",
+                            self.path(component)
+                        );
+                        return Err(Error::Type(what).at(item.span));
+                    }
                     if value != Val::Absent {
                         values.push(value);
                     }
@@ -264,7 +279,7 @@ impl<'a> Resolver<'a> {
                     let detail = match other {
                         Val::Bool(false) => "the assertion is false".to_string(),
                         other => {
-                            format!("the assertion gave a {}, not a boolean", other.type_name())
+                            format!("the assertion gave {}, not a boolean", other.type_name())
                         }
                     };
                     Err(Error::AssertFailed {
@@ -298,7 +313,7 @@ impl<'a> Resolver<'a> {
                 Val::Bool(true) => self.eval(then, node, name),
                 Val::Bool(false) => self.eval(otherwise, node, name),
                 other => Err(Error::Type(format!(
-                    "IF needs a boolean condition, not a {}",
+                    "IF needs a boolean condition, not {}",
                     other.type_name()
                 ))
                 .at(condition.span)),
@@ -354,6 +369,9 @@ impl<'a> Resolver<'a> {
                     self,
                     "it names an assertion, which has no value".into(),
                 )),
+                // Reaching a LAZY value makes this reference lazy too: the runtime follows it
+                // from where it is written, so it finds what this path names.
+                Here::Value(Val::Lazy(_)) => Ok(Val::Lazy(reference.clone())),
                 Here::Value(value) => Ok(value),
             };
         };
@@ -365,7 +383,7 @@ impl<'a> Resolver<'a> {
                 return Err(unresolved(
                     self,
                     format!(
-                        "cannot look inside a {} for `{}`",
+                        "cannot look inside {} for `{}`",
                         value.type_name(),
                         part_text(part)
                     ),
@@ -463,10 +481,13 @@ impl<'a> Resolver<'a> {
     }
 
     fn unary(&mut self, op: UnaryOp, value: Val) -> Result<Val, Error> {
+        refuse_lazy(&value)?;
         functions::unary(op, value)
     }
 
     fn binary(&mut self, op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
+        refuse_lazy(&left)?;
+        refuse_lazy(&right)?;
         if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
             let equal = self.equal(&left, &right)?;
             return Ok(Val::Bool(equal == (op == BinaryOp::Eq)));
@@ -572,6 +593,16 @@ impl<'a> Resolver<'a> {
                 Value::Vector(values)
             }
         }))
+    }
+}
+
+/// Operators need values now; a LAZY reference has one only at run time.
+fn refuse_lazy(value: &Val) -> Result<(), Error> {
+    match value {
+        Val::Lazy(reference) => Err(Error::Unsupported(format!(
+            "an operator cannot use `LAZY {reference}`: a LAZY value exists only at run time"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -48,7 +48,12 @@ pub fn call(class: &str, args: Vec<(String, Val)>, path: &str) -> Result<Val, Er
     };
     let values = || args.iter().map(|(_, v)| v.clone());
     match name {
-        "Vector" | "vector" => Ok(Val::Vector(values().collect())),
+        "Vector" | "vector" => match args.iter().find(|(_, v)| matches!(v, Val::Node(_))) {
+            Some((name, _)) => Err(Error::Type(format!(
+                "vector `{path}`: `{name}` is a component; a vector holds values and LAZY references"
+            ))),
+            None => Ok(Val::Vector(values().collect())),
+        },
         "Append" | "append" => fold(values(), BinaryOp::Append, Val::Vector(Vec::new())),
         "Concatenate" | "concat" => fold(values(), BinaryOp::Concat, Val::Str(String::new())),
         "Sum" | "sum" | "plus" => fold(values(), BinaryOp::Add, Val::Int(0)),
@@ -83,7 +88,7 @@ pub fn call(class: &str, args: Vec<(String, Val)>, path: &str) -> Result<Val, Er
             Val::Bool(true) => required("then"),
             Val::Bool(false) => required("else"),
             other => Err(Error::Type(format!(
-                "ifThenElse `{path}`: `if` must be a boolean, not a {}",
+                "ifThenElse `{path}`: `if` must be a boolean, not {}",
                 other.type_name()
             ))),
         },
@@ -101,12 +106,20 @@ pub fn call(class: &str, args: Vec<(String, Val)>, path: &str) -> Result<Val, Er
     }
 }
 
-fn fold(values: impl Iterator<Item = Val>, op: BinaryOp, start: Val) -> Result<Val, Error> {
-    let mut values = values.peekable();
+fn fold(values: impl Iterator<Item = Val>, op: BinaryOp, empty: Val) -> Result<Val, Error> {
+    let mut values = values;
+    let Some(first) = values.next() else {
+        return Ok(empty);
+    };
+    // A single argument is still checked (`sum` of a string is an error), against the
+    // operation's neutral value so the message names only the argument.
     let mut result = match values.next() {
-        // A single argument is still checked: `sum` of a string is an error.
-        Some(first) => binary(op, start, first)?,
-        None => return Ok(start),
+        None => {
+            let described = first.type_name();
+            return binary(op, empty, first)
+                .map_err(|_| Error::Type(format!("`{}` cannot take {described}", op.text())));
+        }
+        Some(second) => binary(op, first, second)?,
     };
     for value in values {
         result = binary(op, result, value)?;
@@ -120,7 +133,7 @@ fn format_string(args: &[(String, Val)], path: &str) -> Result<Val, Error> {
         Some((_, Val::Str(format))) => format.clone(),
         Some((_, other)) => {
             return Err(Error::Type(format!(
-                "formatString `{path}`: `format` must be a string, not a {}",
+                "formatString `{path}`: `format` must be a string, not {}",
                 other.type_name()
             )));
         }
@@ -170,7 +183,7 @@ pub fn text(value: &Val) -> Result<String, Error> {
         }
         other => {
             return Err(Error::Type(format!(
-                "cannot turn a {} into text",
+                "cannot turn {} into text",
                 other.type_name()
             )));
         }
@@ -201,7 +214,7 @@ fn boolean(value: &Val, op: &str) -> Result<bool, Error> {
     match value {
         Val::Bool(b) => Ok(*b),
         other => Err(Error::Type(format!(
-            "`{op}` needs booleans, not a {}",
+            "`{op}` needs booleans, not {}",
             other.type_name()
         ))),
     }
@@ -265,11 +278,11 @@ pub fn unary(op: UnaryOp, value: Val) -> Result<Val, Error> {
         (UnaryOp::Neg, Val::Float(x)) => Ok(Val::Float(-x)),
         (UnaryOp::Neg, Val::Double(x)) => Ok(Val::Double(-x)),
         (UnaryOp::Not, other) => Err(Error::Type(format!(
-            "`!` needs a boolean, not a {}",
+            "`!` needs a boolean, not {}",
             other.type_name()
         ))),
         (UnaryOp::Neg, other) => Err(Error::Type(format!(
-            "`-` needs a number, not a {}",
+            "`-` needs a number, not {}",
             other.type_name()
         ))),
     }
@@ -284,7 +297,7 @@ pub fn binary(op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
     let symbol = op.text();
     let mismatch = |what: &str, left: &Val, right: &Val| {
         Error::Type(format!(
-            "`{symbol}` needs {what}, not a {} and a {}",
+            "`{symbol}` needs {what}, not {} and {}",
             left.type_name(),
             right.type_name()
         ))
@@ -351,7 +364,7 @@ pub fn binary(op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
                     ""
                 };
                 return Err(Error::Type(format!(
-                    "`{symbol}` needs numbers, not a {} and a {}{hint}",
+                    "`{symbol}` needs numbers, not {} and {}{hint}",
                     left.type_name(),
                     right.type_name()
                 )));

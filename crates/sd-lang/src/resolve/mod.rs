@@ -52,10 +52,14 @@ pub fn resolve(body: &Body, properties: &Properties) -> Result<Component, Vec<Di
     let mut resolver = Resolver::new(properties);
     resolver.apply_body(ROOT, body);
     let config = resolver.config();
-    resolver.errors.dedup();
-    let mut seen = Vec::new();
+    // An error met through several paths is reported once; after a size limit, the
+    // further limit errors it causes are noise.
+    let mut seen: Vec<Diagnostic> = Vec::new();
+    let mut limit_seen = false;
     resolver.errors.retain(|d| {
-        let fresh = !seen.contains(d);
+        let is_limit = matches!(d.error, Error::Limit(_));
+        let fresh = !seen.contains(d) && !(is_limit && limit_seen);
+        limit_seen |= is_limit;
         if fresh {
             seen.push(d.clone());
         }
@@ -199,29 +203,40 @@ impl<'a> Resolver<'a> {
                 let name = self.fresh_name(node);
                 self.set(node, name, attribute);
             }
-            AttrName::Path(path) => {
-                let (last, within) = path
-                    .split_last()
-                    .expect("the parser gives at least one name");
-                let mut target = node;
-                for step in within {
-                    match self.child_component(target, step) {
-                        Some(child) => target = child,
-                        None => {
-                            let error = Error::UnresolvedReference {
-                                reference: path.join(":"),
-                                from: self.path(node),
-                                reason: format!(
-                                    "cannot place the attribute: `{step}` is not a component in `{}`",
-                                    self.path(target)
-                                ),
-                            };
-                            self.errors.push(error.at(attribute.name_span));
-                            return;
-                        }
-                    }
-                }
-                self.set(target, Name::from(last.as_str()), attribute);
+            AttrName::Path(path) => self.place(node, path, attribute),
+        }
+    }
+
+    /// Puts `attribute` at `path` below `node`. A step still pending (not built yet) keeps
+    /// the placement until it is built, so a placement lands before anything copies its
+    /// target, whatever the order it is written in.
+    fn place(&mut self, node: NodeId, path: &'a [String], attribute: &'a Attribute) {
+        let Some((first, rest)) = path.split_first() else {
+            return;
+        };
+        if rest.is_empty() {
+            self.set(node, Name::from(first.as_str()), attribute);
+            return;
+        }
+        match self.nodes[node].attrs.get_mut(first.as_str()) {
+            Some(Slot::Pending { placed, .. }) => placed.push((rest, attribute)),
+            Some(Slot::Node(child)) => {
+                let child = *child;
+                self.place(child, rest, attribute);
+            }
+            _ => {
+                let AttrName::Path(full) = &attribute.name else {
+                    return;
+                };
+                let error = Error::UnresolvedReference {
+                    reference: full.join(":"),
+                    from: self.path(node),
+                    reason: format!(
+                        "cannot place the attribute: `{first}` is not a component in `{}`",
+                        self.path(node)
+                    ),
+                };
+                self.errors.push(error.at(attribute.name_span));
             }
         }
     }
@@ -255,6 +270,7 @@ impl<'a> Resolver<'a> {
                     expr,
                     span: value.span,
                     base,
+                    placed: Vec::new(),
                 }
             }
             _ => Slot::Expr(value, Eval::Todo),
@@ -274,9 +290,14 @@ impl<'a> Resolver<'a> {
             .get_full_mut(name)
             .expect("the caller found the slot");
         let key = key.clone();
-        let (expr, span, base) = match slot {
+        let (expr, span, base, placed) = match slot {
             Slot::Node(child) => return Ok(*child),
-            Slot::Pending { expr, span, base } => (*expr, *span, *base),
+            Slot::Pending {
+                expr,
+                span,
+                base,
+                placed,
+            } => (*expr, *span, *base, std::mem::take(placed)),
             Slot::Resolving(at) => {
                 let at = *at;
                 let what = format!(
@@ -318,6 +339,14 @@ impl<'a> Resolver<'a> {
                 found
             });
             match found {
+                Ok(source) if self.encloses(source, child) => {
+                    let what = format!(
+                        "`{}` extends `{}`, which encloses it",
+                        self.path(child),
+                        self.path(source)
+                    );
+                    self.errors.push(Error::ReferenceCycle(what).at(proto_span));
+                }
                 Ok(source) => {
                     self.ensure_deep(source);
                     self.merge_copy(source, child);
@@ -329,6 +358,9 @@ impl<'a> Resolver<'a> {
                     self.errors.push(diagnostic);
                 }
             }
+        }
+        for (path, attribute) in placed {
+            self.place(child, path, attribute);
         }
         self.nodes[node].attrs[index] = Slot::Node(child);
         Ok(child)
@@ -426,6 +458,19 @@ impl<'a> Resolver<'a> {
         Ok(current)
     }
 
+    /// Whether `outer` is `node` or one of the components enclosing it.
+    fn encloses(&self, outer: NodeId, mut node: NodeId) -> bool {
+        loop {
+            if node == outer {
+                return true;
+            }
+            match self.nodes[node].parent {
+                Some(parent) => node = parent,
+                None => return false,
+            }
+        }
+    }
+
     /// The component holding `name`: `node` or the nearest enclosing one that has it.
     fn find_up(&self, mut node: NodeId, name: &str) -> Option<NodeId> {
         loop {
@@ -504,6 +549,11 @@ impl<'a> Resolver<'a> {
     fn config(&mut self) -> Option<Component> {
         if !self.nodes[ROOT].attrs.contains_key("sfConfig") {
             self.errors.push(Error::NoSfConfig.nowhere());
+            return None;
+        }
+        if let Some(Slot::Expr(expr, _)) = self.nodes[ROOT].attrs.get("sfConfig") {
+            let what = "`sfConfig` must be a component description (`sfConfig extends { ... }`), not a value";
+            self.errors.push(Error::Type(what.into()).at(expr.span));
             return None;
         }
         let config = match self.resolve_type(ROOT, "sfConfig") {

@@ -3,7 +3,7 @@
 
 use indexmap::IndexMap;
 
-use crate::ast::{ComponentExpr, Expr};
+use crate::ast::{Attribute, ComponentExpr, Expr};
 use crate::error::Diagnostic;
 use crate::source::Span;
 
@@ -42,6 +42,9 @@ pub enum Slot<'a> {
         span: Span,
         /// An inherited component of the same name it is merged into.
         base: Option<NodeId>,
+        /// Placements (`a:b:c v;`) waiting for it to be built: the rest of the path and
+        /// the attribute.
+        placed: Vec<(&'a [String], &'a Attribute)>,
     },
     /// A component being type-resolved (seen again: a prototype cycle); where it is written.
     Resolving(Span),
