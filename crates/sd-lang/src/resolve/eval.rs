@@ -599,15 +599,19 @@ impl<'a> Resolver<'a> {
 /// Operators need values now; a LAZY reference has one only at run time.
 fn refuse_lazy(value: &Val) -> Result<(), Error> {
     match value {
-        Val::Lazy(reference) => Err(Error::Unsupported(format!(
+        Val::Lazy(reference) => Err(Error::Type(format!(
             "an operator cannot use `LAZY {reference}`: a LAZY value exists only at run time"
         ))),
         _ => Ok(()),
     }
 }
 
+/// One step as written in a path (`x`, not `HERE x`, for a later step).
 fn part_text(part: &RefPart) -> String {
-    Reference::new(vec![part.clone()]).to_string()
+    match part {
+        RefPart::Here(name) => crate::unparse::name_text(name),
+        other => Reference::new(vec![other.clone()]).to_string(),
+    }
 }
 
 /// A resolved constant as a working value.

@@ -58,7 +58,7 @@ pub fn resolve(body: &Body, properties: &Properties) -> Result<Component, Vec<Di
     let mut limit_seen = false;
     resolver.errors.retain(|d| {
         let is_limit = matches!(d.error, Error::Limit(_));
-        let fresh = !seen.contains(d) && !(is_limit && limit_seen);
+        let fresh = !seen.contains(d) && (!is_limit || !limit_seen);
         limit_seen |= is_limit;
         if fresh {
             seen.push(d.clone());
