@@ -23,6 +23,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The fuzz targets are a crate of their own (cargo fuzz needs that); make sure they build.
+echo "== fuzz targets compile"
+cargo check --manifest-path fuzz/Cargo.toml --locked --quiet
+
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -92,7 +92,7 @@ impl<'a> Resolver<'a> {
         name: &str,
         span: Span,
     ) -> Result<Val, Diagnostic> {
-        let Some(slot) = self.nodes[node].attrs.get_mut(name) else {
+        let Some(index) = self.nodes[node].attrs.get_index_of(name) else {
             let error = Error::UnresolvedReference {
                 reference: name.into(),
                 from: self.path(node),
@@ -100,12 +100,23 @@ impl<'a> Resolver<'a> {
             };
             return Err(error.at(span));
         };
+        self.value_at(node, index, span)
+    }
+
+    /// The value of the attribute at `index` in `node`, evaluated on first use.
+    fn value_at(&mut self, node: NodeId, index: usize, span: Span) -> Result<Val, Diagnostic> {
+        let (name, slot) = self.nodes[node]
+            .attrs
+            .get_index_mut(index)
+            .expect("the caller found the index");
+        let name = name.clone();
         let expr = match slot {
             Slot::Expr(expr, state) => match state {
                 Eval::Done(value) => return Ok(value.clone()),
                 Eval::Failed(diagnostic) => return Err((**diagnostic).clone()),
                 Eval::Running => {
-                    let what = format!("`{}` depends on its own value", self.attr_path(node, name));
+                    let what =
+                        format!("`{}` depends on its own value", self.attr_path(node, &name));
                     return Err(Error::ReferenceCycle(what).at(span));
                 }
                 Eval::Todo => {
@@ -113,8 +124,12 @@ impl<'a> Resolver<'a> {
                     *expr
                 }
             },
-            Slot::Node(_) | Slot::Pending { .. } | Slot::Resolving(_) => {
-                let child = self.resolve_type(node, name).map_err(|d| {
+            Slot::Node(child) => {
+                let child = *child;
+                return self.component_value(child, span);
+            }
+            Slot::Pending { .. } | Slot::Resolving(_) => {
+                let child = self.resolve_type(node, &name).map_err(|d| {
                     if d.span.is_none() {
                         Diagnostic {
                             span: Some(span),
@@ -128,7 +143,7 @@ impl<'a> Resolver<'a> {
             }
         };
         let result = self.enter(expr.span).and_then(|()| {
-            let value = self.eval(expr, node, name);
+            let value = self.eval(expr, node, &name);
             self.leave();
             value
         });
@@ -136,7 +151,7 @@ impl<'a> Resolver<'a> {
             Ok(value) => Eval::Done(value.clone()),
             Err(diagnostic) => Eval::Failed(Box::new(diagnostic.clone())),
         };
-        if let Some(Slot::Expr(_, slot_state)) = self.nodes[node].attrs.get_mut(name) {
+        if let Some((_, Slot::Expr(_, slot_state))) = self.nodes[node].attrs.get_index_mut(index) {
             *slot_state = state;
         }
         result
@@ -547,10 +562,14 @@ impl<'a> Resolver<'a> {
             attrs: crate::value::Attrs::with_capacity_and_hasher(size, Default::default()),
         };
         let mut ok = true;
-        let names: Vec<Name> = self.nodes[node].attrs.keys().cloned().collect();
         let span = self.nodes[node].span;
-        for name in names {
-            let value = match self.value_of(node, &name, span) {
+        for index in 0..size {
+            let name = self.nodes[node]
+                .attrs
+                .get_index(index)
+                .map(|(name, _)| name.clone());
+            let Some(name) = name else { break };
+            let value = match self.value_at(node, index, span) {
                 Ok(value) => value,
                 Err(diagnostic) => {
                     self.errors.push(diagnostic);

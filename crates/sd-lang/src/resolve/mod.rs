@@ -93,6 +93,7 @@ impl<'a> Resolver<'a> {
             span: Span::default(),
             eager: true,
             assert: false,
+            complete: false,
             attrs: Default::default(),
             result: None,
         };
@@ -167,6 +168,7 @@ impl<'a> Resolver<'a> {
             span,
             eager,
             assert: false,
+            complete: false,
             attrs: Default::default(),
             result: None,
         });
@@ -275,6 +277,9 @@ impl<'a> Resolver<'a> {
             }
             _ => Slot::Expr(value, Eval::Todo),
         };
+        if matches!(slot, Slot::Pending { .. }) {
+            self.mark_incomplete(node);
+        }
         self.nodes[node].attrs.insert(name, slot);
     }
 
@@ -458,6 +463,17 @@ impl<'a> Resolver<'a> {
         Ok(current)
     }
 
+    /// `node` and the components enclosing it hold something not built yet.
+    fn mark_incomplete(&mut self, mut node: NodeId) {
+        while self.nodes[node].complete {
+            self.nodes[node].complete = false;
+            match self.nodes[node].parent {
+                Some(parent) => node = parent,
+                None => return,
+            }
+        }
+    }
+
     /// Whether `outer` is `node` or one of the components enclosing it.
     fn encloses(&self, outer: NodeId, mut node: NodeId) -> bool {
         loop {
@@ -483,21 +499,30 @@ impl<'a> Resolver<'a> {
 
     /// Type-resolves every pending component below `node`.
     fn ensure_deep(&mut self, node: NodeId) {
+        // A template used as a prototype thousands of times is walked once.
+        if self.nodes[node].complete {
+            return;
+        }
         let mut stack = vec![node];
         while let Some(current) = stack.pop() {
-            let names: Vec<Name> = self.nodes[current]
-                .attrs
-                .iter()
-                .filter(|(_, slot)| matches!(slot, Slot::Pending { .. } | Slot::Node(_)))
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in names {
-                match self.resolve_type(current, &name) {
-                    Ok(child) => stack.push(child),
-                    Err(diagnostic) => self.errors.push(diagnostic),
+            for index in 0..self.nodes[current].attrs.len() {
+                let Some((name, slot)) = self.nodes[current].attrs.get_index(index) else {
+                    break;
+                };
+                match slot {
+                    Slot::Node(child) => stack.push(*child),
+                    Slot::Pending { .. } => {
+                        let name = name.clone();
+                        match self.resolve_type(current, &name) {
+                            Ok(child) => stack.push(child),
+                            Err(diagnostic) => self.errors.push(diagnostic),
+                        }
+                    }
+                    Slot::Expr(..) | Slot::Resolving(_) => {}
                 }
             }
         }
+        self.nodes[node].complete = true;
     }
 
     /// Copies `source`'s attributes into `target`, merging components of the same name.
@@ -506,13 +531,13 @@ impl<'a> Resolver<'a> {
     }
 
     fn merge_copy_inner(&mut self, source: NodeId, target: NodeId) {
-        let attrs: Vec<(Name, Slot<'a>)> = self.nodes[source]
-            .attrs
-            .iter()
-            .map(|(name, slot)| (name.clone(), slot.clone()))
-            .collect();
-        for (name, slot) in attrs {
-            match slot {
+        // By index, so no list of the source's attributes is built for every copy.
+        for index in 0..self.nodes[source].attrs.len() {
+            let Some((name, slot)) = self.nodes[source].attrs.get_index(index) else {
+                break;
+            };
+            let name = name.clone();
+            match *slot {
                 Slot::Node(from) => match self.child_component(target, &name) {
                     Some(into) => self.merge_copy(from, into),
                     None => {

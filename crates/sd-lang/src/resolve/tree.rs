@@ -69,6 +69,9 @@ pub struct Node<'a> {
     pub eager: bool,
     /// An `ASSERT { ... }`: a function whose result must be `true`.
     pub assert: bool,
+    /// Every component below it is built (no `Pending` slot): set by `ensure_deep`,
+    /// cleared when a pending component is added below it.
+    pub complete: bool,
     /// The attributes.
     pub attrs: Attrs<'a>,
     /// A function component's result, once evaluated.
