@@ -13,7 +13,7 @@ use super::{ROOT, Resolver};
 
 /// A value during resolution: like [`Value`], but a component is a node of the arena.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Val {
+pub enum Val<'a> {
     /// `NULL`.
     Null,
     /// A boolean.
@@ -29,16 +29,16 @@ pub enum Val {
     /// A string.
     Str(String),
     /// A vector.
-    Vector(Vec<Val>),
+    Vector(Vec<Val<'a>>),
     /// A component of the arena (a reference to it copies it).
     Node(NodeId),
-    /// A `LAZY` reference.
-    Lazy(Reference),
+    /// A `LAZY` reference, as written in the description.
+    Lazy(&'a Reference),
     /// A checked assertion: left out of the resolved tree.
     Absent,
 }
 
-impl Val {
+impl Val<'_> {
     /// The type's name in messages, with its article ("an integer", "a string").
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -57,7 +57,7 @@ impl Val {
     }
 }
 
-fn literal(literal: &Literal) -> Val {
+fn literal(literal: &Literal) -> Val<'static> {
     match literal {
         Literal::Null => Val::Null,
         Literal::Bool(b) => Val::Bool(*b),
@@ -79,9 +79,9 @@ fn is_not_found(diagnostic: &Diagnostic) -> bool {
 }
 
 /// Where a reference step stands: a component, or a value that is not one.
-enum Here {
+enum Here<'a> {
     Node(NodeId),
-    Value(Val),
+    Value(Val<'a>),
 }
 
 impl<'a> Resolver<'a> {
@@ -91,7 +91,7 @@ impl<'a> Resolver<'a> {
         node: NodeId,
         name: &str,
         span: Span,
-    ) -> Result<Val, Diagnostic> {
+    ) -> Result<Val<'a>, Diagnostic> {
         let Some(index) = self.nodes[node].attrs.get_index_of(name) else {
             let error = Error::UnresolvedReference {
                 reference: name.into(),
@@ -104,7 +104,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// The value of the attribute at `index` in `node`, evaluated on first use.
-    fn value_at(&mut self, node: NodeId, index: usize, span: Span) -> Result<Val, Diagnostic> {
+    fn value_at(&mut self, node: NodeId, index: usize, span: Span) -> Result<Val<'a>, Diagnostic> {
         let (name, slot) = self.nodes[node]
             .attrs
             .get_index_mut(index)
@@ -158,7 +158,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// A component's value: itself, or its result if it is a function component.
-    fn component_value(&mut self, node: NodeId, span: Span) -> Result<Val, Diagnostic> {
+    fn component_value(&mut self, node: NodeId, span: Span) -> Result<Val<'a>, Diagnostic> {
         if !self.nodes[node]
             .attrs
             .contains_key(functions::CLASS_ATTRIBUTE)
@@ -193,7 +193,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// An assertion holds when its value is `true`; it then leaves the tree.
-    fn check_assertion(&self, node: NodeId, value: Val) -> Result<Val, Diagnostic> {
+    fn check_assertion(&self, node: NodeId, value: Val<'a>) -> Result<Val<'a>, Diagnostic> {
         let span = self.nodes[node].span;
         match value {
             Val::Bool(true) => Ok(Val::Absent),
@@ -213,7 +213,7 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn call_function(&mut self, node: NodeId, span: Span) -> Result<Val, Diagnostic> {
+    fn call_function(&mut self, node: NodeId, span: Span) -> Result<Val<'a>, Diagnostic> {
         let class = match self.value_of(node, functions::CLASS_ATTRIBUTE, span)? {
             Val::Str(class) => class,
             other => {
@@ -251,11 +251,16 @@ impl<'a> Resolver<'a> {
     }
 
     /// Evaluates an expression written in attribute `name` of `node`.
-    fn eval(&mut self, expr: &'a Expr, node: NodeId, name: &str) -> Result<Val, Diagnostic> {
+    fn eval(&mut self, expr: &'a Expr, node: NodeId, name: &str) -> Result<Val<'a>, Diagnostic> {
         crate::with_stack(|| self.eval_inner(expr, node, name))
     }
 
-    fn eval_inner(&mut self, expr: &'a Expr, node: NodeId, name: &str) -> Result<Val, Diagnostic> {
+    fn eval_inner(
+        &mut self,
+        expr: &'a Expr,
+        node: NodeId,
+        name: &str,
+    ) -> Result<Val<'a>, Diagnostic> {
         match &expr.kind {
             ExprKind::Literal(value) => Ok(literal(value)),
             ExprKind::Vector(items) => {
@@ -282,7 +287,7 @@ impl<'a> Resolver<'a> {
             ExprKind::Reference {
                 lazy: true,
                 reference,
-            } => Ok(Val::Lazy(reference.clone())),
+            } => Ok(Val::Lazy(reference)),
             ExprKind::Reference {
                 lazy: false,
                 reference,
@@ -341,10 +346,10 @@ impl<'a> Resolver<'a> {
     /// gives its default.
     fn follow(
         &mut self,
-        reference: &Reference,
+        reference: &'a Reference,
         node: NodeId,
         span: Span,
-    ) -> Result<Val, Diagnostic> {
+    ) -> Result<Val<'a>, Diagnostic> {
         if reference.needs_runtime() {
             let what = format!(
                 "reference `{reference}` (in `{}`) names another process (HOST/PROCESS); only the runtime can follow it: write it `LAZY {reference}`",
@@ -363,12 +368,12 @@ impl<'a> Resolver<'a> {
     /// Resolves `reference.parts[index..]` from `here`.
     fn walk(
         &mut self,
-        reference: &Reference,
+        reference: &'a Reference,
         index: usize,
-        here: Here,
+        here: Here<'a>,
         origin: NodeId,
         span: Span,
-    ) -> Result<Val, Diagnostic> {
+    ) -> Result<Val<'a>, Diagnostic> {
         let unresolved = |resolver: &Self, reason: String| {
             Error::UnresolvedReference {
                 reference: reference.to_string(),
@@ -386,14 +391,14 @@ impl<'a> Resolver<'a> {
                 )),
                 // Reaching a LAZY value makes this reference lazy too: the runtime follows it
                 // from where it is written, so it finds what this path names.
-                Here::Value(Val::Lazy(_)) => Ok(Val::Lazy(reference.clone())),
+                Here::Value(Val::Lazy(_)) => Ok(Val::Lazy(reference)),
                 Here::Value(value) => Ok(value),
             };
         };
         let current = match here {
             Here::Node(current) | Here::Value(Val::Node(current)) => current,
             // What the runtime binds, the runtime follows: the whole reference becomes lazy.
-            Here::Value(Val::Lazy(_)) => return Ok(Val::Lazy(reference.clone())),
+            Here::Value(Val::Lazy(_)) => return Ok(Val::Lazy(reference)),
             Here::Value(value) => {
                 return Err(unresolved(
                     self,
@@ -405,8 +410,9 @@ impl<'a> Resolver<'a> {
                 ));
             }
         };
-        let next =
-            |resolver: &mut Self, here| resolver.walk(reference, index + 1, here, origin, span);
+        let next = |resolver: &mut Self, here: Here<'a>| {
+            resolver.walk(reference, index + 1, here, origin, span)
+        };
         match part {
             RefPart::Attrib { name, .. } => {
                 // The closest `name` whose value lets the rest resolve (SmartFrog's ATTRIB
@@ -461,7 +467,12 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn property(&self, kind: PropertyKind, property: &str, span: Span) -> Result<Val, Diagnostic> {
+    fn property(
+        &self,
+        kind: PropertyKind,
+        property: &str,
+        span: Span,
+    ) -> Result<Val<'a>, Diagnostic> {
         let source = if kind.from_env() {
             &self.properties.env
         } else {
@@ -495,12 +506,12 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn unary(&mut self, op: UnaryOp, value: Val) -> Result<Val, Error> {
+    fn unary(&mut self, op: UnaryOp, value: Val<'a>) -> Result<Val<'a>, Error> {
         refuse_lazy(&value)?;
         functions::unary(op, value)
     }
 
-    fn binary(&mut self, op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
+    fn binary(&mut self, op: BinaryOp, left: Val<'a>, right: Val<'a>) -> Result<Val<'a>, Error> {
         refuse_lazy(&left)?;
         refuse_lazy(&right)?;
         if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
@@ -511,7 +522,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// Structural equality; components compare by their exported attributes.
-    fn equal(&mut self, left: &Val, right: &Val) -> Result<bool, Error> {
+    fn equal(&mut self, left: &Val<'a>, right: &Val<'a>) -> Result<bool, Error> {
         match (left, right) {
             (Val::Node(a), Val::Node(b)) => {
                 let a = self.export(*a);
@@ -590,7 +601,11 @@ impl<'a> Resolver<'a> {
     }
 
     /// `Some(None)` for an absent value, `None` after an error.
-    fn export_value(&mut self, value: Val, on_stack: &mut Vec<NodeId>) -> Option<Option<Value>> {
+    fn export_value(
+        &mut self,
+        value: Val<'a>,
+        on_stack: &mut Vec<NodeId>,
+    ) -> Option<Option<Value>> {
         Some(Some(match value {
             Val::Absent => return Some(None),
             Val::Null => Value::Null,
@@ -600,7 +615,7 @@ impl<'a> Resolver<'a> {
             Val::Float(x) => Value::Float(x),
             Val::Double(x) => Value::Double(x),
             Val::Str(s) => Value::Str(s),
-            Val::Lazy(reference) => Value::Lazy(reference),
+            Val::Lazy(reference) => Value::Lazy(reference.clone()),
             Val::Node(node) => Value::Component(self.export_node(node, on_stack)?),
             Val::Vector(items) => {
                 let mut values = Vec::with_capacity(items.len());
@@ -616,7 +631,7 @@ impl<'a> Resolver<'a> {
 }
 
 /// Operators need values now; a LAZY reference has one only at run time.
-fn refuse_lazy(value: &Val) -> Result<(), Error> {
+fn refuse_lazy(value: &Val<'_>) -> Result<(), Error> {
     match value {
         Val::Lazy(reference) => Err(Error::Type(format!(
             "an operator cannot use `LAZY {reference}`: a LAZY value exists only at run time"
@@ -634,7 +649,7 @@ fn part_text(part: &RefPart) -> String {
 }
 
 /// A resolved constant as a working value.
-fn from_value(value: &Value) -> Val {
+fn from_value(value: &Value) -> Val<'static> {
     match value {
         Value::Null => Val::Null,
         Value::Bool(b) => Val::Bool(*b),
@@ -644,7 +659,8 @@ fn from_value(value: &Value) -> Val {
         Value::Double(x) => Val::Double(*x),
         Value::Str(s) => Val::Str(s.clone()),
         Value::Vector(items) => Val::Vector(items.iter().map(from_value).collect()),
-        Value::Lazy(reference) => Val::Lazy(reference.clone()),
+        // Constants (OPTIONAL defaults, IENVPROPERTY values) hold no references.
+        Value::Lazy(_) => Val::Null,
         // Constants never hold components.
         Value::Component(_) => Val::Null,
     }

@@ -24,7 +24,7 @@ pub const MAX_STRING: usize = 16 << 20;
 pub const MAX_VECTOR: usize = 1 << 20;
 
 /// Calls function `class` of the component at `path` with its arguments.
-pub fn call(class: &str, args: Vec<(String, Val)>, path: &str) -> Result<Val, Error> {
+pub fn call<'a>(class: &str, args: Vec<(String, Val<'a>)>, path: &str) -> Result<Val<'a>, Error> {
     let name = class.strip_prefix(SMARTFROG_PACKAGE).unwrap_or(class);
     if let Some((_, lazy)) = args.iter().find(|(_, value)| matches!(value, Val::Lazy(_))) {
         let Val::Lazy(reference) = lazy else {
@@ -106,7 +106,11 @@ pub fn call(class: &str, args: Vec<(String, Val)>, path: &str) -> Result<Val, Er
     }
 }
 
-fn fold(values: impl Iterator<Item = Val>, op: BinaryOp, empty: Val) -> Result<Val, Error> {
+fn fold<'a>(
+    values: impl Iterator<Item = Val<'a>>,
+    op: BinaryOp,
+    empty: Val<'a>,
+) -> Result<Val<'a>, Error> {
     let mut values = values;
     let Some(first) = values.next() else {
         return Ok(empty);
@@ -128,7 +132,7 @@ fn fold(values: impl Iterator<Item = Val>, op: BinaryOp, empty: Val) -> Result<V
 }
 
 /// `formatString`: `format` with `$0` ... `$9` replaced by the attributes `s0` ... `s9`.
-fn format_string(args: &[(String, Val)], path: &str) -> Result<Val, Error> {
+fn format_string<'a>(args: &[(String, Val<'_>)], path: &str) -> Result<Val<'a>, Error> {
     let format = match args.iter().find(|(n, _)| n == "format") {
         Some((_, Val::Str(format))) => format.clone(),
         Some((_, other)) => {
@@ -168,7 +172,7 @@ fn format_string(args: &[(String, Val)], path: &str) -> Result<Val, Error> {
 }
 
 /// A value as `concat` prints it (Java's `toString`: `5`, `true`, `1.5`, `[a, b]`).
-pub fn text(value: &Val) -> Result<String, Error> {
+pub fn text(value: &Val<'_>) -> Result<String, Error> {
     Ok(match value {
         Val::Null => "NULL".into(),
         Val::Bool(b) => b.to_string(),
@@ -210,7 +214,7 @@ fn java_float(x: f64, shortest: String) -> String {
     format!("{mantissa}E{exponent}")
 }
 
-fn boolean(value: &Val, op: &str) -> Result<bool, Error> {
+fn boolean(value: &Val<'_>, op: &str) -> Result<bool, Error> {
     match value {
         Val::Bool(b) => Ok(*b),
         other => Err(Error::Type(format!(
@@ -230,7 +234,7 @@ enum Num {
 }
 
 impl Num {
-    fn of(value: &Val) -> Option<Num> {
+    fn of(value: &Val<'_>) -> Option<Num> {
         Some(match value {
             Val::Int(n) => Num::Int(*n),
             Val::Long(n) => Num::Long(*n),
@@ -270,7 +274,7 @@ impl Num {
 }
 
 /// Applies a unary operator.
-pub fn unary(op: UnaryOp, value: Val) -> Result<Val, Error> {
+pub fn unary<'a>(op: UnaryOp, value: Val<'a>) -> Result<Val<'a>, Error> {
     match (op, value) {
         (UnaryOp::Not, Val::Bool(b)) => Ok(Val::Bool(!b)),
         (UnaryOp::Neg, Val::Int(n)) => n.checked_neg().map(Val::Int).ok_or_else(overflow),
@@ -293,9 +297,9 @@ fn overflow() -> Error {
 }
 
 /// Applies a binary operator (`==` and `!=` on components are handled by the caller).
-pub fn binary(op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
+pub fn binary<'a>(op: BinaryOp, left: Val<'a>, right: Val<'a>) -> Result<Val<'a>, Error> {
     let symbol = op.text();
-    let mismatch = |what: &str, left: &Val, right: &Val| {
+    let mismatch = |what: &str, left: &Val<'_>, right: &Val<'_>| {
         Error::Type(format!(
             "`{symbol}` needs {what}, not {} and {}",
             left.type_name(),
@@ -374,7 +378,7 @@ pub fn binary(op: BinaryOp, left: Val, right: Val) -> Result<Val, Error> {
     }
 }
 
-fn arithmetic(op: BinaryOp, a: Num, b: Num) -> Result<Val, Error> {
+fn arithmetic(op: BinaryOp, a: Num, b: Num) -> Result<Val<'static>, Error> {
     let rank = a.rank().max(b.rank());
     if rank <= 1 {
         let (x, y) = (a.as_i64(), b.as_i64());
@@ -421,7 +425,7 @@ fn arithmetic(op: BinaryOp, a: Num, b: Num) -> Result<Val, Error> {
 }
 
 /// Equality as SmartFrog's `EQ`: type-sensitive (`1 == 1L` is false), by value.
-pub fn scalar_equal(left: &Val, right: &Val) -> bool {
+pub fn scalar_equal(left: &Val<'_>, right: &Val<'_>) -> bool {
     left == right
 }
 
@@ -429,7 +433,7 @@ pub fn scalar_equal(left: &Val, right: &Val) -> bool {
 mod tests {
     use super::*;
 
-    fn args(values: &[(&str, Val)]) -> Vec<(String, Val)> {
+    fn args<'a>(values: &[(&str, Val<'a>)]) -> Vec<(String, Val<'a>)> {
         values
             .iter()
             .map(|(n, v)| (n.to_string(), v.clone()))

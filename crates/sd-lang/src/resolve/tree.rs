@@ -20,13 +20,13 @@ pub type Attrs<'a> = IndexMap<Name, Slot<'a>, foldhash::fast::RandomState>;
 
 /// The state of an expression slot in the link phase.
 #[derive(Debug, Clone)]
-pub enum Eval {
+pub enum Eval<'a> {
     /// Not evaluated yet.
     Todo,
     /// Being evaluated (seen again: a reference cycle).
     Running,
     /// The value (`Val::Absent` for an `OPTIONAL` that found nothing).
-    Done(Val),
+    Done(Val<'a>),
     /// Evaluation failed with this error (reported once, wherever it is met).
     Failed(Box<Diagnostic>),
 }
@@ -51,7 +51,7 @@ pub enum Slot<'a> {
     /// A type-resolved component.
     Node(NodeId),
     /// A value expression and its evaluation state.
-    Expr(&'a Expr, Eval),
+    Expr(&'a Expr, Eval<'a>),
 }
 
 /// A component in the arena.
@@ -75,5 +75,5 @@ pub struct Node<'a> {
     /// The attributes.
     pub attrs: Attrs<'a>,
     /// A function component's result, once evaluated.
-    pub result: Option<Eval>,
+    pub result: Option<Eval<'a>>,
 }
