@@ -1,0 +1,3 @@
+//! Storage backends: prepare what a domain runs from, and remove it afterwards.
+
+pub mod dir;
