@@ -272,13 +272,13 @@ fn check_error(sf: &Path) -> Result<(), String> {
                 }
             }
         }
-        if let Some(message) = &want.message {
-            if !got.error.to_string().contains(message.as_str()) {
-                problems.push(format!(
-                    "error {n}: message `{}` lacks `{message}`",
-                    got.error
-                ));
-            }
+        if let Some(message) = &want.message
+            && !got.error.to_string().contains(message.as_str())
+        {
+            problems.push(format!(
+                "error {n}: message `{}` lacks `{message}`",
+                got.error
+            ));
         }
     }
     if problems.is_empty() {
