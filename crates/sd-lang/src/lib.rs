@@ -27,6 +27,7 @@
 //! ```
 
 pub mod ast;
+pub mod bind;
 pub mod error;
 pub mod include;
 pub mod json;
