@@ -362,9 +362,9 @@ fn check_kind(kind: Kind, component: &Component, path: &[String]) -> Vec<Error> 
                 ));
             }
             for entry in strings("env", &mut errors) {
-                if !entry
+                if entry
                     .split_once('=')
-                    .is_some_and(|(name, _)| !name.is_empty())
+                    .is_none_or(|(name, _)| name.is_empty())
                 {
                     errors.push(invalid(
                         path,
