@@ -202,3 +202,15 @@ fn include_dirs_and_properties() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn an_environment_variable_that_is_not_utf8_is_no_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["validate", "configs/examples/figure1.sf"])
+        .current_dir(repo())
+        .env("SD_NOT_UTF8", std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .output()
+        .expect("sd runs");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

@@ -58,7 +58,10 @@ impl DescriptionArgs {
         };
         options.properties.properties =
             self.definitions.iter().cloned().collect::<BTreeMap<_, _>>();
-        options.properties.env = std::env::vars().collect();
+        // `vars()` would panic on a variable that is not UTF-8; such a one is left out.
+        options.properties.env = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
         options
     }
 
