@@ -172,12 +172,24 @@ impl RunningProcess {
             source,
         })?;
         let pid = child.id().expect("a child that was just spawned has a pid");
-        // Until it is reaped, even a child that already exited keeps its /proc entry.
-        let identity = ProcessIdentity::of(pid).expect("an unreaped child has a /proc entry");
-        let pidfd = open_pidfd(pid).map_err(|source| Error::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        // Until it is reaped, even a child that already exited keeps its /proc entry, so
+        // only an unreadable /proc (restricted mounts) fails here: then the process cannot be
+        // supervised safely, and is not left running.
+        let watched = ProcessIdentity::of(pid)
+            .ok_or_else(|| std::io::Error::other(format!("cannot read /proc/{pid}/stat")))
+            .and_then(|identity| Ok((identity, open_pidfd(pid)?)));
+        let (identity, pidfd) = match watched {
+            Ok(watched) => watched,
+            Err(source) => {
+                if let Some(group) = pid_of(pid) {
+                    let _ = rustix::process::kill_process_group(group, Signal::KILL);
+                }
+                return Err(Error::Spawn {
+                    program: program.clone(),
+                    source,
+                });
+            }
+        };
         Ok(RunningProcess {
             identity,
             pidfd,
