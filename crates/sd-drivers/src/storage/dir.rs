@@ -329,20 +329,25 @@ fn build_and_rename(base: &Base, staging: &Path, work_dir: &Path) -> Result<()> 
     ))
 }
 
+/// Whether `inner` is `outer` or below it, both followed through symlinks.
+fn is_within(inner: &Path, outer: &Path) -> Result<bool> {
+    let outer_canonical = outer
+        .canonicalize()
+        .map_err(io_error("cannot read", outer))?;
+    let inner_canonical = inner
+        .canonicalize()
+        .map_err(io_error("cannot read", inner))?;
+    Ok(inner_canonical.starts_with(&outer_canonical))
+}
+
 /// Refuses a base directory that contains the place its copy goes (the copy would never end).
 fn refuse_copy_into_itself(source: &Path, staging: &Path) -> Result<()> {
-    let source_canonical = source
-        .canonicalize()
-        .map_err(io_error("cannot read", source))?;
-    let staging_canonical = staging
-        .canonicalize()
-        .map_err(io_error("cannot read", staging))?;
-    if staging_canonical.starts_with(&source_canonical) {
+    if is_within(staging, source)? {
         return Err(Error::BadBase {
             path: source.to_path_buf(),
             reason: format!(
                 "the working directory `{}` would be inside it",
-                staging_canonical.display()
+                staging.display()
             ),
         });
     }
@@ -888,13 +893,7 @@ fn save_image(spec: &DirSpec) -> Result<PathBuf> {
 /// Refuses a save directory inside the directory being saved (it would archive itself, then be
 /// removed with it).
 fn refuse_save_inside(work_dir: &Path, save_dir: &Path) -> Result<()> {
-    let work_canonical = work_dir
-        .canonicalize()
-        .map_err(io_error("cannot read", work_dir))?;
-    let save_canonical = save_dir
-        .canonicalize()
-        .map_err(io_error("cannot read", save_dir))?;
-    if save_canonical.starts_with(&work_canonical) {
+    if is_within(save_dir, work_dir)? {
         return Err(Error::Io {
             action: "cannot save an image into",
             path: save_dir.to_path_buf(),
