@@ -120,6 +120,21 @@ fn decode<T: DeserializeOwned>(table: &'static str, key: &str, json: &str) -> Re
     })
 }
 
+/// Decodes every record of a table range (`iter()` or `range()`), in key order.
+fn decode_all<T: DeserializeOwned>(
+    entries: redb::Range<'_, &'static str, &'static str>,
+    table: &'static str,
+    action: &'static str,
+    path: &Path,
+) -> Result<Vec<T>> {
+    entries
+        .map(|entry| {
+            let (key, json) = entry.map_err(db_error(action, path))?;
+            decode(table, key.value(), json.value())
+        })
+        .collect()
+}
+
 /// Reads one deployment from a `deployments` table (of a read or a write transaction).
 fn read_deployment(
     table: &impl ReadableTable<&'static str, &'static str>,
@@ -164,12 +179,7 @@ fn read_components(
     let range = table
         .range(start.as_str()..end.as_str())
         .map_err(db_error("cannot read components", path))?;
-    range
-        .map(|entry| {
-            let (key, json) = entry.map_err(db_error("cannot read components", path))?;
-            decode(COMPONENTS_NAME, key.value(), json.value())
-        })
-        .collect()
+    decode_all(range, COMPONENTS_NAME, "cannot read components", path)
 }
 
 impl Store {
@@ -360,12 +370,7 @@ impl Store {
             let entries = table
                 .iter()
                 .map_err(db_error("cannot read deployments", path))?;
-            entries
-                .map(|entry| {
-                    let (key, json) = entry.map_err(db_error("cannot read deployments", path))?;
-                    decode(DEPLOYMENTS_NAME, key.value(), json.value())
-                })
-                .collect()
+            decode_all(entries, DEPLOYMENTS_NAME, "cannot read deployments", path)
         })
     }
 
