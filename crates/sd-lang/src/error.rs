@@ -6,7 +6,7 @@ use std::fmt;
 use crate::source::{SourceMap, Span};
 
 /// What went wrong. The messages are written for the person who wrote the description.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Error {
     /// The text does not follow the grammar.
     #[error("syntax error: expected {expected}, found {found}")]
@@ -134,7 +134,7 @@ impl Error {
 }
 
 /// An [`Error`] at a place in the sources, with optional notes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Diagnostic {
     /// What went wrong.
     pub error: Error,

@@ -54,14 +54,15 @@ pub fn resolve(body: &Body, properties: &Properties) -> Result<Component, Vec<Di
     let config = resolver.config();
     // An error met through several paths is reported once; after a size limit, the
     // further limit errors it causes are noise.
-    let mut seen: Vec<Diagnostic> = Vec::new();
+    // A set: one bad template copied many times gives many errors.
+    let mut seen: std::collections::HashSet<Diagnostic> = std::collections::HashSet::new();
     let mut limit_seen = false;
     resolver.errors.retain(|d| {
         let is_limit = matches!(d.error, Error::Limit(_));
         let fresh = !seen.contains(d) && (!is_limit || !limit_seen);
         limit_seen |= is_limit;
         if fresh {
-            seen.push(d.clone());
+            seen.insert(d.clone());
         }
         fresh
     });
