@@ -44,7 +44,8 @@ enum At<'t> {
     Value(&'t Value),
 }
 
-fn path_text(path: &[String]) -> String {
+/// A component's path as errors and `sd status` show it: `sfConfig`, `sfConfig:a:b`.
+pub fn path_text(path: &[String]) -> String {
     if path.is_empty() {
         "sfConfig".into()
     } else {

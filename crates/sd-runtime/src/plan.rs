@@ -12,9 +12,10 @@
 
 use std::time::Duration;
 
+use sd_lang::bind::path_text;
 use sd_lang::{Component, Value};
 
-use crate::supervision::{RestartPolicy, SupervisorSpec};
+use crate::supervision::{RestartPolicy, SupervisorSpec, seconds};
 use crate::{Error, Result};
 
 /// The runtime kinds the prelude names in `sfClass` (`"sd.<Kind>"`).
@@ -142,13 +143,6 @@ pub struct Plan {
     pub components: Vec<PlannedComponent>,
 }
 
-fn path_text(path: &[String]) -> String {
-    std::iter::once("sfConfig")
-        .chain(path.iter().map(String::as_str))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn invalid(path: &[String], attribute: &'static str, reason: impl Into<String>) -> Error {
     Error::InvalidAttribute {
         path: path_text(path),
@@ -256,26 +250,12 @@ impl Planner {
 }
 
 fn liveness(component: &Component, path: &[String]) -> Result<Liveness> {
-    let delay = match component.get("sfLivenessDelay") {
-        None => 0.0,
-        Some(Value::Int(n)) => f64::from(*n),
-        Some(Value::Double(x)) => *x,
-        Some(Value::Float(x)) => f64::from(*x),
-        Some(other) => {
-            return Err(invalid(
-                path,
-                "sfLivenessDelay",
-                format!("must be a number of seconds, not a {}", other.type_name()),
-            ));
-        }
-    };
-    let delay = Duration::try_from_secs_f64(delay).map_err(|_| {
-        invalid(
-            path,
-            "sfLivenessDelay",
-            format!("must be 0 (no checks) or more seconds, not {delay}"),
-        )
-    })?;
+    let delay = seconds(
+        component,
+        &path_text(path),
+        "sfLivenessDelay",
+        Duration::ZERO,
+    )?;
     let factor = match component.get("sfLivenessFactor") {
         None => 2,
         Some(Value::Int(n)) if *n >= 1 => n.unsigned_abs(),

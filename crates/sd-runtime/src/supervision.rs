@@ -246,7 +246,7 @@ fn invalid(path: &str, attribute: &'static str, reason: impl Into<String>) -> Er
 }
 
 /// A non-negative number of seconds (an integer or a double), or the default when absent.
-fn seconds(
+pub(crate) fn seconds(
     component: &Component,
     path: &str,
     attribute: &'static str,
