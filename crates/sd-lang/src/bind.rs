@@ -102,7 +102,7 @@ impl<'t> Binder<'t> {
             }
             At::Value(value) => {
                 return Err(unresolved(format!(
-                    "cannot look inside {} value",
+                    "cannot look inside {}",
                     value.type_name()
                 )));
             }
@@ -216,7 +216,7 @@ impl<'t> Binder<'t> {
                 Bound::Value(value) => Err(Error::UnresolvedReference {
                     reference: reference.to_string(),
                     from: path_text(from),
-                    reason: format!("`{name}` is {} value, not a component", value.type_name()),
+                    reason: format!("`{name}` is {}, not a component", value.type_name()),
                 }),
             },
             Some(value) => self.walk(from, reference, index + 1, At::Value(value), depth),

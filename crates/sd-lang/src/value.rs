@@ -37,19 +37,19 @@ pub enum Value {
 }
 
 impl Value {
-    /// The type's name as used in error messages.
+    /// The type's name in messages, with its article ("an integer", "a string", "NULL").
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Null => "NULL",
-            Value::Bool(_) => "boolean",
-            Value::Int(_) => "integer",
-            Value::Long(_) => "long",
-            Value::Float(_) => "float",
-            Value::Double(_) => "double",
-            Value::Str(_) => "string",
-            Value::Vector(_) => "vector",
-            Value::Component(_) => "component",
-            Value::Lazy(_) => "LAZY reference",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Long(_) => "a long",
+            Value::Float(_) => "a float",
+            Value::Double(_) => "a double",
+            Value::Str(_) => "a string",
+            Value::Vector(_) => "a vector",
+            Value::Component(_) => "a component",
+            Value::Lazy(_) => "a LAZY reference",
         }
     }
 

@@ -187,7 +187,7 @@ impl Planner {
                 self.errors.push(invalid(
                     &path,
                     "sfClass",
-                    format!("must be a string, not a {}", other.type_name()),
+                    format!("must be a string, not {}", other.type_name()),
                 ));
                 return;
             }
@@ -282,7 +282,7 @@ fn host(component: &Component, path: &[String]) -> Result<Option<String>> {
             path,
             "sfProcessHost",
             format!(
-                "must be a node name (a string) or NULL, not a {}",
+                "must be a node name (a string) or NULL, not {}",
                 other.type_name()
             ),
         )),
@@ -316,7 +316,7 @@ fn check_kind(kind: Kind, component: &Component, path: &[String]) -> Vec<Error> 
                 errors.push(invalid(
                     path,
                     attribute,
-                    format!("must be a vector of strings, not a {}", other.type_name()),
+                    format!("must be a vector of strings, not {}", other.type_name()),
                 ));
                 Vec::new()
             }

@@ -263,7 +263,7 @@ pub(crate) fn seconds(
             return Err(invalid(
                 path,
                 attribute,
-                format!("must be a number of seconds, not a {}", other.type_name()),
+                format!("must be a number of seconds, not {}", other.type_name()),
             ));
         }
     };
@@ -298,7 +298,7 @@ impl SupervisorSpec {
                 return Err(invalid(
                     path,
                     "sdRestartStrategy",
-                    format!("must be a string, not a {}", other.type_name()),
+                    format!("must be a string, not {}", other.type_name()),
                 ));
             }
         };
@@ -314,7 +314,7 @@ impl SupervisorSpec {
                 return Err(invalid(
                     path,
                     "sdMaxRestarts",
-                    format!("must be an integer, not a {}", other.type_name()),
+                    format!("must be an integer, not {}", other.type_name()),
                 ));
             }
         };
@@ -366,7 +366,7 @@ impl RestartPolicy {
             Some(other) => Err(invalid(
                 path,
                 "sdRestart",
-                format!("must be a string, not a {}", other.type_name()),
+                format!("must be a string, not {}", other.type_name()),
             )),
         }
     }
