@@ -1,22 +1,37 @@
-//! `sd-runtime`: how sd supervises the components of a deployment.
+//! `sd-runtime`: how sd runs the components of a deployment on one node.
 //!
-//! Today it owns the deployment plan ([`plan`]: the resolved tree checked and typed before
-//! anything starts, every error at once) and the supervision decisions ([`supervision`]):
-//! given a parent's restart
-//! strategy, intensity and backoff, and how one of its children ended, what happens next
-//! (nothing, restart which children after which delay, or escalate to the parent). The
-//! decisions are pure functions of their inputs (time and randomness are passed in), so they
-//! are tested exhaustively and a chaos run replays them exactly from its seed. The component
-//! actors that carry them out are built on this module.
+//! - [`plan`]: the resolved tree checked and typed before anything starts (every error at
+//!   once), with pools expanded into their replicas.
+//! - [`supervision`]: the pure decisions a parent takes when a child ends (restart which
+//!   children after which delay, or escalate), tested exhaustively.
+//! - [`component`]: every component of a deployment as a supervised actor (ractor): the
+//!   lifecycle (deploy, start, run, terminate), liveness pings, restart strategies, and the
+//!   kinds' work (process domains, dir storage, shells, pools, sequences ...).
+//! - [`node`]: one node's deployments: deploy, terminate, status, logs, durable records, and
+//!   recovery after the agent itself was killed.
 //!
-//! Guarantees: restarts stay within the declared intensity, then escalate (INV-5); a
-//! `temporary` child is never restarted, a `transient` one only after an abnormal end.
+//! Guarantees (names as in docs/ARCHITECTURE.md):
+//! - INV-2: a deploy is acknowledged only once its record is durable, and a process domain
+//!   reports running only once its process identity is; an agent killed and started again
+//!   re-adopts the domains still running (by pid and start time) and restarts the others.
+//! - INV-3: terminate, and a failed deploy, undo everything in reverse order: no process,
+//!   directory or file of the deployment is left on the host.
+//! - INV-5: restarts stay within the declared intensity, then escalate.
+//!
+//! Components talk to their parent and children only through [`component::ComponentRef`]
+//! and the deployment's registry, never through knowledge of where those run, so the
+//! cluster layer can make them remote.
 
+pub mod component;
+pub mod node;
 pub mod plan;
+mod records;
 pub mod supervision;
 
-/// What is wrong with a component's supervision settings.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub use node::{Node, NodeConfig};
+
+/// What went wrong in the runtime. The messages name the deployment, component and attribute.
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An attribute has a value the runtime cannot use.
     #[error("`{path}:{attribute}`: {reason}")]
@@ -28,6 +43,61 @@ pub enum Error {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// The description does not resolve or plan; nothing was started.
+    #[error("the description is invalid ({} error{})", errors.len(), if errors.len() == 1 { "" } else { "s" })]
+    InvalidDescription {
+        /// Each error, rendered with its file:line:column and caret where it has one.
+        errors: Vec<String>,
+    },
+    /// The deployment name breaks the naming rule.
+    #[error("invalid deployment name \"{name}\": {rule}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// The rule.
+        rule: &'static str,
+    },
+    /// A deployment of that name exists already.
+    #[error("a deployment named \"{name}\" exists already ({state}); terminate it first or choose another name")]
+    Exists {
+        /// The name.
+        name: String,
+        /// Its state.
+        state: String,
+    },
+    /// No deployment of that name.
+    #[error("no deployment named \"{name}\"")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// No component at that path in the deployment.
+    #[error("deployment \"{deployment}\" has no component `{path}`")]
+    NoComponent {
+        /// The deployment.
+        deployment: String,
+        /// The path asked for.
+        path: String,
+    },
+    /// The node's durable state failed.
+    #[error("node state: {0}")]
+    Store(#[from] sd_store::Error),
+    /// A file of the node's data dir could not be used.
+    #[error("{action} `{path}`: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A change could not be made durable (the store's file failed: disk full, I/O error).
+    #[error("cannot record the node's state durably: {0}")]
+    Durability(String),
+    /// The node is shutting down and takes no more work.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
 }
 
 /// `Result` with this crate's [`Error`].

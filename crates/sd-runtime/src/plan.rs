@@ -139,8 +139,87 @@ impl PlannedComponent {
 /// The checked, typed deployment: every component that will run, parents first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The `sfConfig` that runs: the resolved one with each Pool's replicas added as its
+    /// children (`r1` ... `rN`), so that run-time references bind from a replica's place.
+    pub config: Component,
     /// In deploy order: a parent before its children, children in declaration order.
     pub components: Vec<PlannedComponent>,
+}
+
+/// The most replicas one Pool may have.
+pub const MAX_REPLICAS: i32 = 10_000;
+
+impl Plan {
+    /// The index of the component at `path`, if it runs.
+    pub fn index_of(&self, path: &[String]) -> Option<usize> {
+        self.components.iter().position(|c| c.path == path)
+    }
+
+    /// The description of the component at index `index`.
+    pub fn component(&self, index: usize) -> &Component {
+        let mut component = &self.config;
+        for name in &self.components[index].path {
+            match component.get(name) {
+                Some(Value::Component(child)) => component = child,
+                _ => unreachable!("a planned path names components of the plan's config"),
+            }
+        }
+        component
+    }
+}
+
+/// The name of a Pool's `n`-th replica (from 1).
+pub fn replica_name(n: usize) -> String {
+    format!("r{n}")
+}
+
+/// Adds each valid Pool's replicas to the tree, as eager copies of its template. A Pool
+/// that already has an attribute named like one of its replicas is an error.
+fn expand_pools(component: &mut Component, path: &mut Vec<String>, errors: &mut Vec<Error>) {
+    for (name, value) in component.attrs.iter_mut() {
+        if let Value::Component(child) = value {
+            if child.eager {
+                path.push(name.to_string());
+                expand_pools(child, path, errors);
+                path.pop();
+            }
+        }
+    }
+    if component.class() != Some("sd.Pool") {
+        return;
+    }
+    let (Some(Value::Int(replicas)), Some(Value::Component(template))) =
+        (component.get("replicas"), component.get("template"))
+    else {
+        return;
+    };
+    if !(0..=MAX_REPLICAS).contains(replicas) || template.eager {
+        return;
+    }
+    let count = replicas.unsigned_abs() as usize;
+    if let Some(taken) = (1..=count)
+        .map(replica_name)
+        .find(|name| component.attrs.contains_key(name.as_str()))
+    {
+        errors.push(invalid(
+            path,
+            "replicas",
+            format!("the replicas are named r1 ... r{count}, but the Pool has an attribute `{taken}` already"),
+        ));
+        return;
+    }
+    let mut replica = template.clone();
+    replica.eager = true;
+    for n in 1..=count {
+        let name = replica_name(n);
+        path.push(name.clone());
+        let mut copy = replica.clone();
+        expand_pools(&mut copy, path, errors);
+        path.pop();
+        component
+            .attrs
+            .insert(name.as_str().into(), Value::Component(copy));
+    }
 }
 
 fn invalid(path: &[String], attribute: &'static str, reason: impl Into<String>) -> Error {
@@ -153,13 +232,16 @@ fn invalid(path: &[String], attribute: &'static str, reason: impl Into<String>) 
 
 /// Checks a resolved `sfConfig` and lists what will run; every error is reported.
 pub fn plan(config: &Component) -> std::result::Result<Plan, Vec<Error>> {
+    let mut config = config.clone();
     let mut planner = Planner {
         components: Vec::new(),
         errors: Vec::new(),
     };
-    planner.visit(config, Vec::new(), None);
+    expand_pools(&mut config, &mut Vec::new(), &mut planner.errors);
+    planner.visit(&config, Vec::new(), None);
     if planner.errors.is_empty() {
         Ok(Plan {
+            config,
             components: planner.components,
         })
     } else {
@@ -356,12 +438,12 @@ fn check_kind(kind: Kind, component: &Component, path: &[String]) -> Vec<Error> 
         }
         Kind::Pool => {
             match component.get("replicas") {
-                Some(Value::Int(n)) if *n >= 0 => {}
+                Some(Value::Int(n)) if (0..=MAX_REPLICAS).contains(n) => {}
                 Some(other) => errors.push(invalid(
                     path,
                     "replicas",
                     format!(
-                        "must be an integer of 0 or more, not {}",
+                        "must be an integer from 0 to {MAX_REPLICAS}, not {}",
                         sd_lang::unparse::value_text(other)
                     ),
                 )),
@@ -460,7 +542,7 @@ mod tests {
             "`sfConfig:a:env`: \"NOVALUE\" is not NAME=value",
             "`sfConfig:b:sfClass`: \"sd.Domain\" is abstract",
             "`sfConfig:c:sfClass`: unknown component class \"org.example.Thing\"",
-            "`sfConfig:d:replicas`: must be an integer of 0 or more, not -1",
+            "`sfConfig:d:replicas`: must be an integer from 0 to 10000, not -1",
             "`sfConfig:d:template`: must be written `template extends LAZY ...`",
             "`sfConfig:e:sfProcessHost`: must be a node name",
         ];

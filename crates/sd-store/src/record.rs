@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use sd_proto::{ComponentState, DeploymentState};
+
 /// A deployment as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
@@ -23,25 +25,6 @@ pub struct DeploymentRecord {
     pub created_unix_ms: u64,
     /// When this record last changed (milliseconds since the Unix epoch).
     pub updated_unix_ms: u64,
-}
-
-/// Where a deployment is in its life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeploymentState {
-    /// Its components are being deployed and started.
-    Deploying,
-    /// Every component was started.
-    Running,
-    /// Its components are being terminated.
-    Terminating,
-    /// Every component has terminated.
-    Terminated,
-    /// It failed and was (or is being) undone.
-    Failed {
-        /// Why, naming the component that failed.
-        reason: String,
-    },
 }
 
 /// One component of a deployment: one node of its resolved tree.
@@ -87,28 +70,6 @@ pub struct ProcessRecord {
     pub start_time: u64,
 }
 
-/// Where a component is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ComponentState {
-    /// Being deployed.
-    Deploying,
-    /// Deployed, not started.
-    Deployed,
-    /// Being started.
-    Starting,
-    /// Running.
-    Running,
-    /// Failed; its supervisor decides what follows.
-    Failed,
-    /// Being restarted by its supervisor.
-    Restarting,
-    /// Being terminated.
-    Terminating,
-    /// Terminated.
-    Terminated,
-}
-
 /// Now, in milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
@@ -121,21 +82,6 @@ pub fn unix_ms_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn states_are_snake_case_json() {
-        assert_eq!(
-            serde_json::to_string(&ComponentState::Restarting).unwrap(),
-            r#""restarting""#
-        );
-        assert_eq!(
-            serde_json::to_string(&DeploymentState::Failed {
-                reason: "vm1 did not start".into()
-            })
-            .unwrap(),
-            r#"{"failed":{"reason":"vm1 did not start"}}"#
-        );
-    }
 
     #[test]
     fn missing_optional_fields_default_and_unknown_ones_are_ignored() {

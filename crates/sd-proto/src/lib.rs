@@ -1,0 +1,229 @@
+//! `sd-proto`: the types that cross a process boundary: the HTTP/JSON API between the CLI
+//! (or the console) and an agent, and the lifecycle states that the store records.
+//!
+//! It owns their shapes and their JSON form, nothing else: no I/O, no behaviour. Fields
+//! added later carry `#[serde(default)]`, and unknown fields are ignored, so an older CLI
+//! talks to a newer agent and the other way round.
+//!
+//! The API (served by every agent, under `/v1`, bearer token) is described in docs/api.md.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest API request body an agent accepts (a description is sent whole).
+pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+/// The API's version prefix.
+pub const API_PREFIX: &str = "/v1";
+
+/// Where a deployment is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// Its components are being deployed and started.
+    Deploying,
+    /// Every component was started.
+    Running,
+    /// Its components are being terminated.
+    Terminating,
+    /// Every component has terminated.
+    Terminated,
+    /// It failed and was (or is being) undone.
+    Failed {
+        /// Why, naming the component that failed.
+        reason: String,
+    },
+}
+
+impl DeploymentState {
+    /// The state's name: `deploying`, `running`, `terminating`, `terminated`, `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeploymentState::Deploying => "deploying",
+            DeploymentState::Running => "running",
+            DeploymentState::Terminating => "terminating",
+            DeploymentState::Terminated => "terminated",
+            DeploymentState::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// Where a component is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentState {
+    /// Being deployed.
+    Deploying,
+    /// Deployed, not started.
+    Deployed,
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Finished its work (a process that exited with code 0, a finished sequence).
+    Finished,
+    /// Failed; its supervisor decides what follows.
+    Failed,
+    /// Being restarted by its supervisor.
+    Restarting,
+    /// Being terminated.
+    Terminating,
+    /// Terminated.
+    Terminated,
+}
+
+impl ComponentState {
+    /// The state's name as JSON and `sd status` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComponentState::Deploying => "deploying",
+            ComponentState::Deployed => "deployed",
+            ComponentState::Starting => "starting",
+            ComponentState::Running => "running",
+            ComponentState::Finished => "finished",
+            ComponentState::Failed => "failed",
+            ComponentState::Restarting => "restarting",
+            ComponentState::Terminating => "terminating",
+            ComponentState::Terminated => "terminated",
+        }
+    }
+}
+
+/// `POST /v1/deployments`: deploy a description under a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The deployment's name (1 to 128 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit).
+    pub name: String,
+    /// The description text. The CLI sends the `sfConfig` it resolved (with its `-I`
+    /// directories and environment), in SmartFrog notation; the console sends what was
+    /// pasted. The agent resolves it again (includes from its embedded library only).
+    pub description: String,
+    /// Where it came from (a file name), for messages and `sd status`.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// One deployment, as `GET /v1/deployments` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    /// Its name.
+    pub name: String,
+    /// Where it is in its life.
+    pub state: DeploymentState,
+    /// The file it came from.
+    #[serde(default)]
+    pub source: String,
+    /// The node holding its root.
+    pub root_node: String,
+    /// When it was deployed (milliseconds since the Unix epoch).
+    pub created_unix_ms: u64,
+    /// How many components it has now.
+    pub components: usize,
+    /// How many of them are running.
+    pub running: usize,
+}
+
+/// One component, as `sd status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// Its path, e.g. `sfConfig:pool:r1`.
+    pub path: String,
+    /// Its kind, e.g. `ProcessDomain`.
+    pub kind: String,
+    /// Where it is in its life.
+    pub state: ComponentState,
+    /// The node it runs on.
+    pub node: String,
+    /// Its process id (a process domain that runs).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// How many times its supervisor restarted it.
+    #[serde(default)]
+    pub restarts: u32,
+    /// When it last started running (milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub started_unix_ms: Option<u64>,
+    /// Its last failure.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/deployments/{name}`: a deployment and its component tree, parents first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    /// The deployment.
+    pub deployment: DeploymentSummary,
+    /// Its components in tree order (a parent before its children, children in order).
+    pub components: Vec<ComponentStatus>,
+}
+
+/// A lifecycle event: a component (or a deployment, with `path` empty) changed state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The deployment.
+    pub deployment: String,
+    /// The component's path; empty for the deployment itself.
+    pub path: String,
+    /// The new state's name (a [`ComponentState`] or [`DeploymentState`] name).
+    pub state: String,
+    /// The node it happened on.
+    pub node: String,
+    /// When (milliseconds since the Unix epoch).
+    pub unix_ms: u64,
+    /// What happened, for failures and restarts.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// The body of every API error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What is wrong, in one sentence.
+    pub error: String,
+    /// More lines, e.g. each description error with its file:line:column and caret.
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+/// `GET /v1/node`: the agent answering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its node name.
+    pub name: String,
+    /// Its generation: one more at every agent start.
+    pub generation: u64,
+    /// Its version of sd.
+    pub version: String,
+    /// Its process id.
+    pub pid: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_snake_case_json() {
+        assert_eq!(
+            serde_json::to_string(&ComponentState::Restarting).unwrap(),
+            r#""restarting""#
+        );
+        assert_eq!(
+            serde_json::to_string(&DeploymentState::Failed {
+                reason: "vm1 did not start".into()
+            })
+            .unwrap(),
+            r#"{"failed":{"reason":"vm1 did not start"}}"#
+        );
+        assert_eq!(ComponentState::Finished.name(), "finished");
+    }
+
+    #[test]
+    fn optional_fields_default_and_unknown_ones_are_ignored() {
+        let status: ComponentStatus = serde_json::from_str(
+            r#"{"path":"sfConfig","kind":"Compound","state":"running","node":"n1","new":1}"#,
+        )
+        .unwrap();
+        assert_eq!(status.pid, None);
+        assert_eq!(status.restarts, 0);
+    }
+}

@@ -1,0 +1,568 @@
+//! Containers: Compound, Sequence, Parallel, Pool, PhysicalHost, Schedulee. They deploy and
+//! start their children, ping them, and carry out their supervisor's decisions.
+//!
+//! - Compound (and PhysicalHost, Schedulee): every child deployed, in order, before any is
+//!   started, in order.
+//! - Parallel and Pool: children deployed at the same time, then started at the same time.
+//! - Sequence: one child at a time: deployed and started once the previous one finished
+//!   normally; a failed step is retried (the strategy's siblings do not apply: only one step
+//!   runs). The Sequence finishes when its last child has.
+//! - A deploy or start that fails undoes the children already deployed, in reverse order.
+//! - Terminate: children in reverse order. `sfSyncTerminate true`: one after the other, and
+//!   the parent answers once all are clean; `false`: all at once, and the parent answers at
+//!   once (it still waits for them before it stops, so nothing is cut short).
+//! - A container whose children have all ended (and none is being restarted) finishes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use sd_proto::ComponentState;
+use sd_store::unix_ms_now;
+
+use super::{
+    Args, ComponentActor, ComponentMsg, ComponentRef, Deployment, Failure, Outcome, ParentRef,
+    State, Work,
+};
+use crate::plan::Kind;
+use crate::supervision::{Decision, Ending, Escalation, RestartPolicy, Supervisor};
+
+/// One child as its parent sees it.
+struct Slot {
+    /// Its plan index.
+    index: usize,
+    /// Its live actor.
+    child: Option<ComponentRef>,
+    /// Which incarnation `child` is.
+    incarnation: u64,
+    running: bool,
+    ended: bool,
+    /// A restart is decided and not carried out yet.
+    restarting: bool,
+    /// Liveness checks missed in a row.
+    missed: u32,
+    /// How many missed checks make a failure (the child's `sfLivenessFactor`).
+    factor: u32,
+    ping_in_flight: bool,
+}
+
+/// A container's own state.
+pub(crate) struct Container {
+    kind: Kind,
+    slots: Vec<Slot>,
+    supervisor: Supervisor,
+    policies: Vec<RestartPolicy>,
+    sync_terminate: bool,
+    liveness: Duration,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Container {
+    pub fn new(deployment: &Deployment, index: usize, description: &sd_lang::Component) -> Self {
+        let planned = &deployment.plan.components[index];
+        let slots = planned
+            .children
+            .iter()
+            .map(|&child| Slot {
+                index: child,
+                child: None,
+                incarnation: 0,
+                running: false,
+                ended: false,
+                restarting: false,
+                missed: 0,
+                factor: deployment.plan.components[child].liveness.factor.max(1),
+                ping_in_flight: false,
+            })
+            .collect();
+        Container {
+            kind: planned.kind,
+            slots,
+            supervisor: Supervisor::new(planned.supervisor.unwrap_or_default()),
+            policies: planned
+                .children
+                .iter()
+                .map(|&child| deployment.plan.components[child].restart)
+                .collect(),
+            sync_terminate: matches!(
+                description.get("sfSyncTerminate"),
+                Some(sd_lang::Value::Bool(true))
+            ),
+            liveness: planned.liveness.delay,
+            ticker: None,
+        }
+    }
+
+    fn concurrent(&self) -> bool {
+        matches!(self.kind, Kind::Parallel | Kind::Pool)
+    }
+
+    pub fn stop_liveness(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.abort();
+        }
+    }
+
+    pub async fn deploy(
+        &mut self,
+        myself: &ActorRef<ComponentMsg>,
+        deployment: &Arc<Deployment>,
+        _index: usize,
+    ) -> Outcome {
+        if self.kind == Kind::Sequence {
+            return Ok(());
+        }
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        if self.concurrent() {
+            for &pos in &all {
+                spawn(myself, deployment, &mut self.slots[pos]).await?;
+            }
+            let outcomes = join_all(all.iter().map(|&pos| {
+                let slot = &self.slots[pos];
+                let path = deployment.plan.components[slot.index].path_text();
+                let child = slot.child.clone();
+                async move {
+                    match child {
+                        Some(child) => child.deploy(&path).await,
+                        None => Ok(()),
+                    }
+                }
+            }))
+            .await;
+            if let Some(failure) = outcomes.iter().find_map(|o| o.clone().err()) {
+                for (pos, outcome) in outcomes.iter().enumerate() {
+                    if outcome.is_err() {
+                        self.slots[pos].child = None;
+                    }
+                }
+                self.terminate_all(true).await;
+                return Err(failure);
+            }
+            return Ok(());
+        }
+        for pos in all {
+            if let Err(failure) = deploy_one(myself, deployment, &mut self.slots[pos]).await {
+                self.terminate_all(true).await;
+                return Err(failure);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn start(
+        &mut self,
+        myself: &ActorRef<ComponentMsg>,
+        deployment: &Arc<Deployment>,
+    ) -> Outcome {
+        if self.kind == Kind::Sequence {
+            // Steps that finished before the agent restarted are not run again.
+            let first = self
+                .slots
+                .iter()
+                .position(|slot| {
+                    deployment
+                        .take_recovered(slot.index)
+                        .is_none_or(|record| record.state != ComponentState::Finished)
+                })
+                .unwrap_or(self.slots.len());
+            for slot in &mut self.slots[..first] {
+                slot.ended = true;
+            }
+            if first < self.slots.len() {
+                run(myself, deployment, &mut self.slots[first]).await?;
+            }
+        } else if self.concurrent() {
+            let outcomes = join_all(self.slots.iter().map(|slot| {
+                let path = deployment.plan.components[slot.index].path_text();
+                let child = slot.child.clone();
+                async move {
+                    match child {
+                        Some(child) => child.start(&path).await,
+                        None => Ok(()),
+                    }
+                }
+            }))
+            .await;
+            if let Some(failure) = outcomes.iter().find_map(|o| o.clone().err()) {
+                for (pos, outcome) in outcomes.iter().enumerate() {
+                    if outcome.is_err() {
+                        self.slots[pos].child = None;
+                    }
+                }
+                self.terminate_all(true).await;
+                return Err(failure);
+            }
+            for slot in &mut self.slots {
+                slot.running = slot.child.is_some();
+            }
+        } else {
+            for pos in 0..self.slots.len() {
+                let slot = &mut self.slots[pos];
+                let path = deployment.plan.components[slot.index].path_text();
+                let Some(child) = slot.child.clone() else {
+                    continue;
+                };
+                if let Err(failure) = child.start(&path).await {
+                    slot.child = None;
+                    self.terminate_all(true).await;
+                    return Err(failure);
+                }
+                slot.running = true;
+            }
+        }
+        if !self.liveness.is_zero() {
+            self.ticker = Some(myself.send_interval(self.liveness, || ComponentMsg::LivenessTick));
+        }
+        Ok(())
+    }
+
+    /// Terminates every live child in reverse order: one after the other when `sync`, all at
+    /// once otherwise; returns once all are done either way.
+    async fn terminate_all(&mut self, sync: bool) {
+        self.stop_liveness();
+        let children: Vec<ComponentRef> = self
+            .slots
+            .iter_mut()
+            .rev()
+            .filter_map(|slot| {
+                slot.restarting = false;
+                slot.running = false;
+                slot.child.take()
+            })
+            .collect();
+        if sync {
+            for child in children {
+                child.terminate().await;
+            }
+        } else {
+            join_all(children.iter().map(ComponentRef::terminate)).await;
+        }
+    }
+
+    pub async fn terminate(
+        &mut self,
+        _deployment: &Deployment,
+        _index: usize,
+        reply: RpcReplyPort<()>,
+    ) {
+        if self.sync_terminate {
+            self.terminate_all(true).await;
+            let _ = reply.send(());
+        } else {
+            let _ = reply.send(());
+            self.terminate_all(false).await;
+        }
+    }
+
+    pub fn ping_children(&mut self, myself: &ActorRef<ComponentMsg>) {
+        let timeout = self.liveness;
+        for slot in &mut self.slots {
+            let Some(child) = slot.child.clone() else {
+                continue;
+            };
+            if !slot.running || slot.ping_in_flight {
+                continue;
+            }
+            slot.ping_in_flight = true;
+            let (index, incarnation) = (slot.index, slot.incarnation);
+            let parent = myself.clone();
+            tokio::spawn(async move {
+                let result = child.ping(timeout).await;
+                let _ = parent.cast(ComponentMsg::PingResult {
+                    index,
+                    incarnation,
+                    result,
+                });
+            });
+        }
+    }
+
+    fn all_ended(&self) -> bool {
+        !self.slots.is_empty() && self.slots.iter().all(|s| s.ended && !s.restarting)
+    }
+}
+
+/// Spawns a new incarnation of a slot's child.
+async fn spawn(
+    myself: &ActorRef<ComponentMsg>,
+    deployment: &Arc<Deployment>,
+    slot: &mut Slot,
+) -> Outcome {
+    let incarnation = deployment.next_incarnation();
+    let args = Args {
+        deployment: Arc::clone(deployment),
+        index: slot.index,
+        parent: ParentRef::Component(ComponentRef(myself.clone())),
+        incarnation,
+    };
+    let (actor, _) = Actor::spawn_linked(None, ComponentActor, args, myself.get_cell())
+        .await
+        .map_err(|error| Failure {
+            path: deployment.plan.components[slot.index].path_text(),
+            reason: format!("cannot start its actor: {error}"),
+        })?;
+    slot.child = Some(ComponentRef(actor));
+    slot.incarnation = incarnation;
+    slot.ended = false;
+    slot.missed = 0;
+    slot.ping_in_flight = false;
+    Ok(())
+}
+
+async fn deploy_one(
+    myself: &ActorRef<ComponentMsg>,
+    deployment: &Arc<Deployment>,
+    slot: &mut Slot,
+) -> Outcome {
+    spawn(myself, deployment, slot).await?;
+    let path = deployment.plan.components[slot.index].path_text();
+    let child = slot.child.clone().ok_or_else(|| Failure {
+        path: path.clone(),
+        reason: "it vanished".into(),
+    })?;
+    if let Err(failure) = child.deploy(&path).await {
+        slot.child = None;
+        return Err(failure);
+    }
+    Ok(())
+}
+
+/// Deploys and starts a slot's child (a sequence step, a restart).
+async fn run(
+    myself: &ActorRef<ComponentMsg>,
+    deployment: &Arc<Deployment>,
+    slot: &mut Slot,
+) -> Outcome {
+    deploy_one(myself, deployment, slot).await?;
+    let path = deployment.plan.components[slot.index].path_text();
+    let Some(child) = slot.child.clone() else {
+        return Ok(());
+    };
+    if let Err(failure) = child.start(&path).await {
+        slot.child = None;
+        return Err(failure);
+    }
+    slot.running = true;
+    Ok(())
+}
+
+fn container(state: &mut State) -> Option<&mut Container> {
+    match &mut state.work {
+        Work::Container(container) => Some(container),
+        _ => None,
+    }
+}
+
+/// Runs a step or restart; a failure is handled as the child's abnormal end.
+async fn run_or_fail(myself: &ActorRef<ComponentMsg>, state: &mut State, pos: usize) {
+    let deployment = Arc::clone(&state.deployment);
+    let Some(c) = container(state) else {
+        return;
+    };
+    let slot = &mut c.slots[pos];
+    if let Err(failure) = run(myself, &deployment, slot).await {
+        let _ = myself.cast(ComponentMsg::ChildEnded {
+            index: slot.index,
+            incarnation: slot.incarnation,
+            ending: Ending::Abnormal,
+            reason: Some(failure.to_string()),
+        });
+    }
+}
+
+fn escalation_text(escalation: &Escalation) -> String {
+    match escalation {
+        Escalation::StrategyNone { .. } => {
+            "a child failed and the restart strategy is \"none\"".into()
+        }
+        Escalation::IntensityExceeded {
+            max_restarts,
+            window,
+        } => format!(
+            "more than {max_restarts} restarts within {} s (sdMaxRestarts / sdRestartWindow)",
+            window.as_secs_f64()
+        ),
+    }
+}
+
+/// A child ended: apply the supervisor's decision.
+pub(super) async fn child_ended(
+    myself: &ActorRef<ComponentMsg>,
+    state: &mut State,
+    index: usize,
+    incarnation: u64,
+    ending: Ending,
+    reason: Option<String>,
+) {
+    let deployment = Arc::clone(&state.deployment);
+    let Some(c) = container(state) else {
+        return;
+    };
+    let Some(pos) = c
+        .slots
+        .iter()
+        .position(|s| s.index == index && s.incarnation == incarnation && !s.ended)
+    else {
+        return;
+    };
+    let slot = &mut c.slots[pos];
+    slot.ended = true;
+    slot.running = false;
+    slot.child = None;
+    let child_path = deployment.plan.components[index].path_text();
+    let decision =
+        c.supervisor
+            .on_child_end(pos, ending, &c.policies, unix_ms_now(), fastrand::f64());
+    match decision {
+        Decision::Carry => {
+            let next = pos + 1;
+            if c.kind == Kind::Sequence && ending == Ending::Normal && next < c.slots.len() {
+                run_or_fail(myself, state, next).await;
+            } else if c.all_ended() {
+                state.end(myself, Ending::Normal, None);
+            }
+        }
+        Decision::Restart {
+            terminate,
+            restart,
+            delay,
+        } => {
+            let (terminate, restart) = if c.kind == Kind::Sequence {
+                (Vec::new(), vec![pos])
+            } else {
+                (terminate, restart)
+            };
+            let why = reason.unwrap_or_else(|| "it finished and is permanent".into());
+            deployment.services.records.note(
+                &deployment.name,
+                &child_path,
+                "restart",
+                format!(
+                    "{why}; restarting in {:.3} s (with {} sibling(s))",
+                    delay.as_secs_f64(),
+                    restart.len().saturating_sub(1)
+                ),
+            );
+            for &t in terminate.iter().rev() {
+                let slot = &mut c.slots[t];
+                slot.running = false;
+                slot.ended = true;
+                if let Some(child) = slot.child.take() {
+                    child.terminate().await;
+                }
+            }
+            let children: Vec<usize> = restart
+                .iter()
+                .map(|&r| {
+                    c.slots[r].restarting = true;
+                    c.slots[r].index
+                })
+                .collect();
+            for &child in &children {
+                deployment.record(child, |record| {
+                    record.state = ComponentState::Restarting;
+                });
+            }
+            if delay.is_zero() {
+                restart_children(myself, state, children).await;
+            } else {
+                myself.send_after(delay, move || ComponentMsg::RestartDue { children });
+            }
+        }
+        Decision::Escalate(escalation) => {
+            let why = format!(
+                "{}; last failure: `{child_path}`: {}",
+                escalation_text(&escalation),
+                reason.unwrap_or_default()
+            );
+            c.terminate_all(true).await;
+            state.end(myself, Ending::Abnormal, Some(why));
+        }
+    }
+}
+
+/// Starts again the children whose restart is due, in declaration order.
+pub(super) async fn restart(
+    myself: &ActorRef<ComponentMsg>,
+    state: &mut State,
+    children: Vec<usize>,
+) {
+    restart_children(myself, state, children).await;
+}
+
+async fn restart_children(myself: &ActorRef<ComponentMsg>, state: &mut State, children: Vec<usize>) {
+    let deployment = Arc::clone(&state.deployment);
+    for index in children {
+        let Some(c) = container(state) else {
+            return;
+        };
+        let Some(pos) = c
+            .slots
+            .iter()
+            .position(|s| s.index == index && s.restarting)
+        else {
+            continue;
+        };
+        c.slots[pos].restarting = false;
+        let now = unix_ms_now();
+        deployment.record(index, |record| {
+            record.restarts += 1;
+            record.restart_times_unix_ms.push(now);
+            // Only the recent ones matter (the restart window); keep the record small.
+            let keep = record.restart_times_unix_ms.len().saturating_sub(32);
+            record.restart_times_unix_ms.drain(..keep);
+        });
+        run_or_fail(myself, state, pos).await;
+    }
+}
+
+/// A child answered a ping (or did not).
+pub(super) async fn ping_result(
+    myself: &ActorRef<ComponentMsg>,
+    state: &mut State,
+    index: usize,
+    incarnation: u64,
+    result: std::result::Result<(), String>,
+) {
+    let Some(c) = container(state) else {
+        return;
+    };
+    let Some(slot) = c
+        .slots
+        .iter_mut()
+        .find(|s| s.index == index && s.incarnation == incarnation && !s.ended)
+    else {
+        return;
+    };
+    slot.ping_in_flight = false;
+    let reason = match result {
+        Ok(()) => {
+            slot.missed = 0;
+            return;
+        }
+        Err(reason) => reason,
+    };
+    slot.missed += 1;
+    if slot.missed < slot.factor {
+        return;
+    }
+    let missed = slot.missed;
+    if let Some(child) = slot.child.clone() {
+        child.terminate().await;
+    }
+    let reason = format!("missed {missed} liveness checks in a row: {reason}");
+    state.deployment.record(index, |record| {
+        record.state = ComponentState::Failed;
+        record.last_error = Some(reason.clone());
+    });
+    child_ended(
+        myself,
+        state,
+        index,
+        incarnation,
+        Ending::Abnormal,
+        Some(reason),
+    )
+    .await;
+}

@@ -1,0 +1,270 @@
+//! What the components of one deployment share: the plan, the registry of live components
+//! (by plan index, with what they publish, such as a storage backend's directory), the
+//! node's services, and the records of the previous agent when recovering.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ractor::ActorId;
+use sd_lang::Properties;
+use sd_lang::bind::{Bound, bind};
+use sd_store::ComponentRecord;
+use tokio::sync::watch;
+
+use super::ComponentRef;
+use crate::plan::Plan;
+use crate::records::Records;
+
+/// The node's services, shared by every deployment.
+pub(crate) struct Services {
+    /// The node's name.
+    pub node: String,
+    /// The node's data dir.
+    pub data_dir: PathBuf,
+    /// Status and durable records.
+    pub records: Records,
+    /// What `PROPERTY` / `ENVPROPERTY` read when a LAZY reference is bound at run time.
+    pub properties: Properties,
+}
+
+/// A live component as the registry holds it.
+struct Published {
+    component: ComponentRef,
+    actor: ActorId,
+    incarnation: u64,
+    /// A storage backend's prepared directory.
+    work_dir: Option<PathBuf>,
+}
+
+/// One deployment's shared state.
+pub(crate) struct Deployment {
+    pub name: String,
+    pub plan: Plan,
+    pub epoch: u64,
+    pub services: Arc<Services>,
+    registry: Mutex<HashMap<usize, Published>>,
+    incarnations: AtomicU64,
+    /// How many component actors are alive: terminate waits for none.
+    live: watch::Sender<usize>,
+    /// The previous agent's records, by plan index, while recovering.
+    recovered: Mutex<HashMap<usize, ComponentRecord>>,
+}
+
+/// A file name made of a component path: `sfConfig:pool:r1` → `sfConfig.pool.r1`. Characters
+/// other than letters, digits, `.`, `_` and `-` become `_`; then the plan index keeps two
+/// different paths from sharing a name.
+fn file_name(path: &str, index: usize) -> String {
+    let mut clean = true;
+    let name: String = path
+        .chars()
+        .map(|c| match c {
+            ':' => '.',
+            c if c.is_ascii_alphanumeric() || matches!(c, '_' | '-') => c,
+            _ => {
+                clean = false;
+                '_'
+            }
+        })
+        .collect();
+    if clean {
+        name
+    } else {
+        format!("{name}-{index}")
+    }
+}
+
+impl Deployment {
+    pub fn new(
+        name: String,
+        plan: Plan,
+        epoch: u64,
+        services: Arc<Services>,
+        recovered: HashMap<usize, ComponentRecord>,
+    ) -> Deployment {
+        Deployment {
+            name,
+            plan,
+            epoch,
+            services,
+            registry: Mutex::default(),
+            incarnations: AtomicU64::new(1),
+            live: watch::Sender::new(0),
+            recovered: Mutex::new(recovered),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<usize, Published>> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A new incarnation number for a component about to be spawned.
+    pub fn next_incarnation(&self) -> u64 {
+        self.incarnations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The deployment's directory in the node's data dir: everything it makes on the host
+    /// (logs, private run directories, storage) is below it.
+    pub fn dir(&self) -> PathBuf {
+        deployment_dir(&self.services.data_dir, &self.name)
+    }
+
+    /// The log file of the component at `index`.
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        let path = self.plan.components[index].path_text();
+        self.dir()
+            .join("logs")
+            .join(format!("{}.log", file_name(&path, index)))
+    }
+
+    /// A directory of this deployment for the component at `index` (`run`, `storage`).
+    pub fn component_dir(&self, area: &str, index: usize) -> PathBuf {
+        let path = self.plan.components[index].path_text();
+        self.dir().join(area).join(file_name(&path, index))
+    }
+
+    /// Records a change of the component at `index`.
+    pub fn record(&self, index: usize, change: impl FnOnce(&mut ComponentRecord)) {
+        let planned = &self.plan.components[index];
+        self.services.records.update(
+            &self.name,
+            index,
+            || ComponentRecord {
+                deployment: self.name.clone(),
+                path: planned.path_text(),
+                kind: format!("{:?}", planned.kind),
+                state: sd_proto::ComponentState::Deploying,
+                node: self.services.node.clone(),
+                process: None,
+                restarts: 0,
+                restart_times_unix_ms: Vec::new(),
+                epoch: self.epoch,
+                last_error: None,
+                started_unix_ms: None,
+            },
+            change,
+        );
+    }
+
+    /// The previous agent's record of the component at `index`, taken once (recovery).
+    pub fn take_recovered(&self, index: usize) -> Option<ComponentRecord> {
+        self.recovered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&index)
+    }
+
+    /// Registers a live component.
+    pub fn publish(&self, index: usize, component: ComponentRef, incarnation: u64) {
+        let actor = component.0.get_id();
+        self.registry().insert(
+            index,
+            Published {
+                component,
+                actor,
+                incarnation,
+                work_dir: None,
+            },
+        );
+        self.live.send_modify(|live| *live += 1);
+    }
+
+    /// Forgets a component that stopped (unless a newer incarnation replaced it).
+    pub fn unpublish(&self, index: usize, incarnation: u64) {
+        let mut registry = self.registry();
+        if registry
+            .get(&index)
+            .is_some_and(|p| p.incarnation == incarnation)
+        {
+            registry.remove(&index);
+            drop(registry);
+            self.live.send_modify(|live| *live = live.saturating_sub(1));
+        }
+    }
+
+    /// Publishes a storage backend's directory for the domains that use it.
+    pub fn publish_work_dir(&self, index: usize, dir: Option<PathBuf>) {
+        if let Some(published) = self.registry().get_mut(&index) {
+            published.work_dir = dir;
+        }
+    }
+
+    /// The component at `index` and its incarnation, if it is live.
+    pub fn live_component(&self, index: usize) -> Option<ComponentRef> {
+        self.registry().get(&index).map(|p| p.component.clone())
+    }
+
+    /// Which component an actor is.
+    pub fn find_actor(&self, actor: ActorId) -> Option<(usize, u64)> {
+        self.registry()
+            .iter()
+            .find(|(_, p)| p.actor == actor)
+            .map(|(index, p)| (*index, p.incarnation))
+    }
+
+    /// Waits until no component actor of the deployment is alive.
+    pub async fn all_stopped(&self) {
+        let mut live = self.live.subscribe();
+        let _ = live.wait_for(|n| *n == 0).await;
+    }
+
+    /// Binds the LAZY attribute `attribute` of the component at `index` to a live component
+    /// of this deployment. `Ok(None)` when the attribute is NULL or absent.
+    pub fn bind_component(
+        &self,
+        index: usize,
+        attribute: &str,
+    ) -> std::result::Result<Option<usize>, String> {
+        let description = self.plan.component(index);
+        let from = &self.plan.components[index].path;
+        let reference = match description.get(attribute) {
+            None | Some(sd_lang::Value::Null) => return Ok(None),
+            Some(sd_lang::Value::Lazy(reference)) => reference,
+            Some(other) => {
+                return Err(format!(
+                    "`{attribute}` must be a LAZY reference to a component, not {}",
+                    other.type_name()
+                ));
+            }
+        };
+        match bind(&self.plan.config, from, reference, &self.services.properties) {
+            Ok(Bound::Component(path)) => self.plan.index_of(&path).map(Some).ok_or_else(|| {
+                format!(
+                    "`{attribute}` ({reference}) names `{}`, which is not a running component",
+                    sd_lang::bind::path_text(&path)
+                )
+            }),
+            Ok(Bound::Value(sd_lang::Value::Null)) => Ok(None),
+            Ok(Bound::Value(value)) => Err(format!(
+                "`{attribute}` ({reference}) must name a component, but gives {}",
+                value.type_name()
+            )),
+            Err(error) => Err(format!("`{attribute}` ({reference}): {error}")),
+        }
+    }
+
+    /// The directory the storage backend at `index` prepared.
+    pub fn work_dir_of(&self, index: usize) -> Option<PathBuf> {
+        self.registry().get(&index)?.work_dir.clone()
+    }
+}
+
+/// A deployment's directory in a data dir.
+pub(crate) fn deployment_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("deployments").join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_follow_paths_and_stay_distinct() {
+        assert_eq!(file_name("sfConfig:pool:r1", 3), "sfConfig.pool.r1");
+        assert_eq!(file_name("sfConfig:\"a b\"", 4), "sfConfig._a_b_-4");
+        assert_ne!(file_name("sfConfig:a/b", 1), file_name("sfConfig:a_b", 2));
+    }
+}

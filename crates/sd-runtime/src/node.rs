@@ -1,0 +1,516 @@
+//! One node's deployments: the public face of the runtime, used by the agent's API.
+//!
+//! A deploy is resolved and planned first (a description with errors is refused whole and
+//! nothing starts), then recorded durably (that is the acknowledgement), then its root
+//! component is spawned and deployed and started in the background. Terminate takes the tree
+//! down in reverse order and forgets the deployment once every component is gone and its
+//! directory removed. A deployment whose root fails (a deploy that could not complete, or
+//! supervision that gave up) is undone at once and stays listed as failed, with the reason,
+//! until it is terminated.
+//!
+//! At [`Node::open`], deployments the previous agent left running are planned again from
+//! their recorded description and deployed in recovery mode: storage already prepared is
+//! kept, processes still running are re-adopted (pid and start time), and those that died
+//! meanwhile are reported ended so that their parents' strategies restart them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ractor::Actor;
+use sd_proto::{
+    ComponentStatus, DeployRequest, DeploymentState, DeploymentStatus, DeploymentSummary, Event,
+    NodeInfo,
+};
+use sd_store::{DeploymentRecord, Store, unix_ms_now};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::component::{
+    Args, ComponentActor, ComponentRef, Deployment, ParentRef, RootEnded, Services,
+    deployment_dir,
+};
+use crate::plan::{Plan, plan};
+use crate::records::{DeploymentEntry, Records};
+use crate::supervision::Ending;
+use crate::{Error, Result};
+
+/// How to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name (in status, and later in the cluster).
+    pub name: String,
+    /// Where its state, logs and working directories live.
+    pub data_dir: PathBuf,
+}
+
+/// A deployment this node holds actors for.
+struct Live {
+    deployment: Arc<Deployment>,
+    root: ComponentRef,
+}
+
+struct Inner {
+    config: NodeConfig,
+    generation: u64,
+    services: Arc<Services>,
+    live: Mutex<HashMap<String, Live>>,
+    /// Names being deployed or terminated right now, so that two requests do not race.
+    busy: Mutex<std::collections::HashSet<String>>,
+    shutting_down: AtomicBool,
+}
+
+/// One node's runtime: cheap to clone, all clones are the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+/// Releases a name reserved in `busy` when dropped.
+struct Reservation<'n> {
+    inner: &'n Inner,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.busy).remove(&self.name);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Resolves and plans a description: every error at once.
+fn prepare(source: &str, text: &str, properties: &sd_lang::Properties) -> Result<(Plan, String)> {
+    let options = sd_lang::Options {
+        include_dirs: Vec::new(),
+        properties: properties.clone(),
+    };
+    let name = if source.is_empty() {
+        "description.sf"
+    } else {
+        source
+    };
+    let resolved = sd_lang::resolve_str(name, text, &options).map_err(|diagnostics| {
+        Error::InvalidDescription {
+            errors: diagnostics
+                .errors
+                .iter()
+                .map(|d| d.render(&diagnostics.sources).trim_end().to_string())
+                .collect(),
+        }
+    })?;
+    let planned = plan(&resolved.config).map_err(|errors| Error::InvalidDescription {
+        errors: errors.iter().map(ToString::to_string).collect(),
+    })?;
+    Ok((planned, sd_lang::unparse::unparse_config(&resolved.config)))
+}
+
+fn summary(entry: &DeploymentEntry) -> DeploymentSummary {
+    DeploymentSummary {
+        name: entry.record.name.clone(),
+        state: entry.record.state.clone(),
+        source: entry.record.source.clone(),
+        root_node: entry.record.root_node.clone(),
+        created_unix_ms: entry.record.created_unix_ms,
+        components: entry.components.len(),
+        running: Records::running(entry),
+    }
+}
+
+impl Node {
+    /// Opens the node's store in `config.data_dir` (creating it), then recovers every
+    /// deployment it holds: re-adopts the domains still running, restarts the others.
+    /// Must run inside a tokio runtime.
+    pub async fn open(config: NodeConfig) -> Result<Node> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(io_error("cannot create the data dir", &config.data_dir))?;
+        let store = Arc::new(Store::open(config.data_dir.join("node.redb"))?);
+        let generation = store.next_generation()?;
+        let (records, entries) = Records::open(Arc::clone(&store), &config.name)?;
+        let properties = sd_lang::Properties {
+            properties: BTreeMap::new(),
+            env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        };
+        let services = Arc::new(Services {
+            node: config.name.clone(),
+            data_dir: config.data_dir.clone(),
+            records,
+            properties,
+        });
+        let node = Node {
+            inner: Arc::new(Inner {
+                config,
+                generation,
+                services,
+                live: Mutex::default(),
+                busy: Mutex::default(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        };
+        for entry in entries {
+            node.recover(entry).await;
+        }
+        Ok(node)
+    }
+
+    /// Who this node is.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.inner.config.name.clone(),
+            generation: self.inner.generation,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+        }
+    }
+
+    fn records(&self) -> &Records {
+        &self.inner.services.records
+    }
+
+    fn reserve(&self, name: &str) -> Result<Reservation<'_>> {
+        if !lock(&self.inner.busy).insert(name.to_string()) {
+            return Err(Error::Exists {
+                name: name.to_string(),
+                state: "being deployed or terminated right now".into(),
+            });
+        }
+        Ok(Reservation {
+            inner: &self.inner,
+            name: name.to_string(),
+        })
+    }
+
+    /// Resolves and plans `request.description`, records the deployment durably, and starts
+    /// deploying it in the background. Returns once the deployment is acknowledged (durable);
+    /// follow its progress with [`Node::status`] or [`Node::events`].
+    pub async fn deploy(&self, request: DeployRequest) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let name = request.name.clone();
+        sd_store::validate_deployment_name(&name).map_err(|_| Error::InvalidName {
+            name: name.clone(),
+            rule: sd_store::NAME_RULE,
+        })?;
+        let _reservation = self.reserve(&name)?;
+        if let Some(existing) = self.records().deployment_record(&name) {
+            return Err(Error::Exists {
+                name,
+                state: existing.state.name().to_string(),
+            });
+        }
+        let properties = self.inner.services.properties.clone();
+        let source = request.source.clone();
+        let (planned, description) = tokio::task::spawn_blocking(move || {
+            prepare(&request.source, &request.description, &properties)
+        })
+        .await
+        .map_err(|e| Error::InvalidDescription {
+            errors: vec![format!("resolving stopped: {e}")],
+        })??;
+        let now = unix_ms_now();
+        let record = DeploymentRecord {
+            name: name.clone(),
+            description,
+            source,
+            state: DeploymentState::Deploying,
+            epoch: self.inner.generation,
+            root_node: self.inner.config.name.clone(),
+            created_unix_ms: now,
+            updated_unix_ms: now,
+        };
+        self.records().put_deployment(record);
+        if let Err(error) = self.records().flush().await {
+            self.records().remove_deployment(&name);
+            return Err(error);
+        }
+        self.launch(name, planned, HashMap::new()).await
+    }
+
+    /// Spawns the root of a recorded deployment and drives it in the background.
+    async fn launch(
+        &self,
+        name: String,
+        planned: Plan,
+        recovered: HashMap<usize, sd_store::ComponentRecord>,
+    ) -> Result<()> {
+        let deployment = Arc::new(Deployment::new(
+            name.clone(),
+            planned,
+            self.inner.generation,
+            Arc::clone(&self.inner.services),
+            recovered,
+        ));
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        let args = Args {
+            deployment: Arc::clone(&deployment),
+            index: 0,
+            parent: ParentRef::Node(ended_tx),
+            incarnation: deployment.next_incarnation(),
+        };
+        let root = match Actor::spawn(None, ComponentActor, args).await {
+            Ok((actor, _)) => ComponentRef(actor),
+            Err(error) => {
+                let reason = format!("cannot start the root component: {error}");
+                self.set_state(&name, DeploymentState::Failed { reason });
+                return Ok(());
+            }
+        };
+        lock(&self.inner.live).insert(
+            name.clone(),
+            Live {
+                deployment: Arc::clone(&deployment),
+                root: root.clone(),
+            },
+        );
+        tokio::spawn(self.clone().drive(deployment, root, ended_rx));
+        Ok(())
+    }
+
+    fn set_state(&self, name: &str, state: DeploymentState) {
+        if let Some(mut record) = self.records().deployment_record(name) {
+            record.state = state;
+            record.updated_unix_ms = unix_ms_now();
+            self.records().put_deployment(record);
+        }
+    }
+
+    fn is_terminating(&self, name: &str) -> bool {
+        self.records()
+            .deployment_record(name)
+            .is_none_or(|record| record.state == DeploymentState::Terminating)
+    }
+
+    /// Deploys and starts the root, then waits for it to end on its own.
+    async fn drive(
+        self,
+        deployment: Arc<Deployment>,
+        root: ComponentRef,
+        mut ended: mpsc::UnboundedReceiver<RootEnded>,
+    ) {
+        let name = deployment.name.clone();
+        let path = "sfConfig";
+        let mut outcome = root.deploy(path).await;
+        if outcome.is_ok() {
+            outcome = root.start(path).await;
+        }
+        if self.is_terminating(&name) {
+            return;
+        }
+        match outcome {
+            Ok(()) => self.set_state(&name, DeploymentState::Running),
+            Err(failure) => {
+                self.fail(&deployment, failure.to_string()).await;
+                return;
+            }
+        }
+        let _ = self.records().flush().await;
+        // The root reports only if it ends on its own; terminate drops it without a word.
+        if let Some(RootEnded { ending, reason }) = ended.recv().await {
+            if self.is_terminating(&name) {
+                return;
+            }
+            match ending {
+                Ending::Normal => {
+                    deployment.all_stopped().await;
+                    self.set_state(&name, DeploymentState::Terminated);
+                    self.clean(&deployment).await;
+                }
+                Ending::Abnormal => {
+                    let reason = reason.unwrap_or_else(|| "the root component failed".into());
+                    self.fail(&deployment, reason).await;
+                }
+            }
+        }
+    }
+
+    /// Marks a deployment failed; its components have undone themselves: wait for them, then
+    /// remove what is left of it on the host.
+    async fn fail(&self, deployment: &Deployment, reason: String) {
+        self.set_state(&deployment.name, DeploymentState::Failed { reason });
+        deployment.all_stopped().await;
+        self.clean(deployment).await;
+    }
+
+    /// Removes the deployment's directory and forgets its actors (the records stay).
+    async fn clean(&self, deployment: &Deployment) {
+        lock(&self.inner.live).remove(&deployment.name);
+        let dir = deployment.dir();
+        let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
+        let _ = self.records().flush().await;
+    }
+
+    /// Terminates a deployment (every component, in reverse order) and forgets it. Returns
+    /// once everything is terminated and cleaned. A failed deployment is just forgotten.
+    pub async fn terminate(&self, name: &str) -> Result<()> {
+        let _reservation = self.reserve(name)?;
+        let Some(record) = self.records().deployment_record(name) else {
+            return Err(Error::NotFound {
+                name: name.to_string(),
+            });
+        };
+        let live = lock(&self.inner.live)
+            .get(name)
+            .map(|live| (Arc::clone(&live.deployment), live.root.clone()));
+        if let Some((deployment, root)) = live {
+            if !matches!(record.state, DeploymentState::Failed { .. }) {
+                self.set_state(name, DeploymentState::Terminating);
+                self.records().flush().await?;
+            }
+            root.terminate().await;
+            deployment.all_stopped().await;
+            self.clean(&deployment).await;
+        } else {
+            let dir = deployment_dir(&self.inner.config.data_dir, name);
+            let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
+        }
+        self.set_state(name, DeploymentState::Terminated);
+        self.records().remove_deployment(name);
+        self.records().flush().await
+    }
+
+    /// Every deployment.
+    pub fn deployments(&self) -> Vec<DeploymentSummary> {
+        self.records().deployments().iter().map(summary).collect()
+    }
+
+    /// One deployment and its components.
+    pub fn status(&self, name: &str) -> Result<DeploymentStatus> {
+        let entry = self.records().deployment(name).ok_or_else(|| Error::NotFound {
+            name: name.to_string(),
+        })?;
+        Ok(DeploymentStatus {
+            deployment: summary(&entry),
+            components: entry
+                .components
+                .values()
+                .map(|record| ComponentStatus {
+                    path: record.path.clone(),
+                    kind: record.kind.clone(),
+                    state: record.state,
+                    node: record.node.clone(),
+                    pid: record.process.map(|p| p.pid),
+                    restarts: record.restarts,
+                    started_unix_ms: record.started_unix_ms,
+                    last_error: record.last_error.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The log file of the domain at `path` (`sfConfig:a:b`) of deployment `name`.
+    pub fn log_path(&self, name: &str, path: &str) -> Result<PathBuf> {
+        let deployment = lock(&self.inner.live)
+            .get(name)
+            .map(|live| Arc::clone(&live.deployment));
+        let Some(deployment) = deployment else {
+            return if self.records().deployment_record(name).is_some() {
+                Err(Error::NoComponent {
+                    deployment: name.to_string(),
+                    path: format!("{path} (the deployment has ended: its logs are removed)"),
+                })
+            } else {
+                Err(Error::NotFound {
+                    name: name.to_string(),
+                })
+            };
+        };
+        let wanted = if path == "sfConfig" || path.starts_with("sfConfig:") {
+            path.to_string()
+        } else {
+            format!("sfConfig:{path}")
+        };
+        deployment
+            .plan
+            .components
+            .iter()
+            .position(|c| c.path_text() == wanted)
+            .map(|index| deployment.log_path(index))
+            .ok_or_else(|| Error::NoComponent {
+                deployment: name.to_string(),
+                path: path.to_string(),
+            })
+    }
+
+    /// Lifecycle events from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.records().subscribe()
+    }
+
+    /// Stops taking work and makes every record durable. The workloads keep running: the
+    /// next agent on this data dir re-adopts them.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.records().flush().await;
+    }
+
+    /// Takes a recorded deployment over after the agent restarted.
+    async fn recover(&self, entry: DeploymentEntry) {
+        let name = entry.record.name.clone();
+        let state = entry.record.state.clone();
+        if matches!(
+            state,
+            DeploymentState::Failed { .. } | DeploymentState::Terminated
+        ) {
+            // Undone already; finish removing it from the host if the agent died meanwhile.
+            let dir = deployment_dir(&self.inner.config.data_dir, &name);
+            let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
+            return;
+        }
+        let properties = self.inner.services.properties.clone();
+        let planned = match prepare(&entry.record.source, &entry.record.description, &properties)
+        {
+            Ok((planned, _)) => planned,
+            Err(error) => {
+                let reason = format!("cannot plan the recorded description again: {error}");
+                self.set_state(&name, DeploymentState::Failed { reason });
+                return;
+            }
+        };
+        let mut recovered = HashMap::new();
+        let mut reindexed = BTreeMap::new();
+        for record in entry.components.into_values() {
+            if let Some(index) = planned
+                .components
+                .iter()
+                .position(|c| c.path_text() == record.path)
+            {
+                reindexed.insert(index, record.clone());
+                recovered.insert(index, record);
+            }
+        }
+        self.records().reindex(&name, reindexed);
+        let _ = self.launch(name.clone(), planned, recovered).await;
+        if state == DeploymentState::Terminating {
+            let node = self.clone();
+            tokio::spawn(async move {
+                // Finish what the previous agent started, once the tree is back.
+                let _ = node.terminate(&name).await;
+            });
+        }
+    }
+}
+
+/// Removes a directory tree; one that is already gone is fine.
+fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
