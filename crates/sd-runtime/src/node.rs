@@ -329,8 +329,9 @@ impl Node {
             match ending {
                 Ending::Normal => {
                     deployment.all_stopped().await;
-                    self.set_state(&name, DeploymentState::Terminated);
                     self.clean(&deployment).await;
+                    self.set_state(&name, DeploymentState::Terminated);
+                    let _ = self.records().flush().await;
                 }
                 Ending::Abnormal => {
                     let reason = reason.unwrap_or_else(|| "the root component failed".into());
@@ -343,9 +344,11 @@ impl Node {
     /// Marks a deployment failed; its components have undone themselves: wait for them, then
     /// remove what is left of it on the host.
     async fn fail(&self, deployment: &Deployment, reason: String) {
-        self.set_state(&deployment.name, DeploymentState::Failed { reason });
         deployment.all_stopped().await;
         self.clean(deployment).await;
+        // Failed is shown once the host is clean again.
+        self.set_state(&deployment.name, DeploymentState::Failed { reason });
+        let _ = self.records().flush().await;
     }
 
     /// Removes the deployment's directory and forgets its actors (the records stay).

@@ -142,11 +142,15 @@ impl Records {
         let record = {
             let mut table = self.table();
             let entry = table.get_mut(deployment)?;
-            let record = entry.components.entry(index).or_insert_with(base);
+            let mut created = false;
+            let record = entry.components.entry(index).or_insert_with(|| {
+                created = true;
+                base()
+            });
             let before = record.state;
             change(record);
             let record = record.clone();
-            if record.state != before {
+            if created || record.state != before {
                 self.publish(
                     deployment,
                     &record.path,

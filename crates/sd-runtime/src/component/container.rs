@@ -8,9 +8,9 @@
 //!   normally; a failed step is retried (the strategy's siblings do not apply: only one step
 //!   runs). The Sequence finishes when its last child has.
 //! - A deploy or start that fails undoes the children already deployed, in reverse order.
-//! - Terminate: children in reverse order. `sfSyncTerminate true`: one after the other, and
-//!   the parent answers once all are clean; `false`: all at once, and the parent answers at
-//!   once (it still waits for them before it stops, so nothing is cut short).
+//! - Terminate: children in reverse order, one after the other (Parallel and Pool: all at
+//!   once). `sfSyncTerminate true`: the parent answers once all are clean; `false`: it
+//!   answers at once (and still waits for them before it stops, so nothing is cut short).
 //! - A container whose children have all ended (and none is being restarted) finishes.
 
 use std::sync::Arc;
@@ -136,14 +136,14 @@ impl Container {
                         self.slots[pos].child = None;
                     }
                 }
-                self.terminate_all(true).await;
+                self.terminate_all().await;
                 return Err(failure);
             }
             return Ok(());
         }
         for pos in all {
             if let Err(failure) = deploy_one(myself, deployment, &mut self.slots[pos]).await {
-                self.terminate_all(true).await;
+                self.terminate_all().await;
                 return Err(failure);
             }
         }
@@ -190,7 +190,7 @@ impl Container {
                         self.slots[pos].child = None;
                     }
                 }
-                self.terminate_all(true).await;
+                self.terminate_all().await;
                 return Err(failure);
             }
             for slot in &mut self.slots {
@@ -205,7 +205,7 @@ impl Container {
                 };
                 if let Err(failure) = child.start(&path).await {
                     slot.child = None;
-                    self.terminate_all(true).await;
+                    self.terminate_all().await;
                     return Err(failure);
                 }
                 slot.running = true;
@@ -217,9 +217,9 @@ impl Container {
         Ok(())
     }
 
-    /// Terminates every live child in reverse order: one after the other when `sync`, all at
-    /// once otherwise; returns once all are done either way.
-    async fn terminate_all(&mut self, sync: bool) {
+    /// Terminates every live child: in reverse order, one after the other (Parallel and Pool:
+    /// all at once); returns once all are done.
+    async fn terminate_all(&mut self) {
         self.stop_liveness();
         let children: Vec<ComponentRef> = self
             .slots
@@ -231,28 +231,32 @@ impl Container {
                 slot.child.take()
             })
             .collect();
-        if sync {
+        if self.concurrent() {
+            join_all(children.iter().map(ComponentRef::terminate)).await;
+        } else {
             for child in children {
                 child.terminate().await;
             }
-        } else {
-            join_all(children.iter().map(ComponentRef::terminate)).await;
         }
     }
 
+    /// Terminates the children; returns the reply when it is still to be sent (sync).
     pub async fn terminate(
         &mut self,
-        _deployment: &Deployment,
-        _index: usize,
+        deployment: &Deployment,
+        index: usize,
         reply: RpcReplyPort<()>,
-    ) {
+    ) -> Option<RpcReplyPort<()>> {
         if self.sync_terminate {
-            self.terminate_all(true).await;
-            let _ = reply.send(());
-        } else {
-            let _ = reply.send(());
-            self.terminate_all(false).await;
+            self.terminate_all().await;
+            return Some(reply);
         }
+        // Reported terminated at once; the children clean up on their own time (the actor
+        // stays until they are done, so that none is cut short).
+        deployment.record(index, |record| record.state = ComponentState::Terminated);
+        let _ = reply.send(());
+        self.terminate_all().await;
+        None
     }
 
     pub fn ping_children(&mut self, myself: &ActorRef<ComponentMsg>) {
@@ -476,7 +480,7 @@ pub(super) async fn child_ended(
                 escalation_text(&escalation),
                 reason.unwrap_or_default()
             );
-            c.terminate_all(true).await;
+            c.terminate_all().await;
             state.end(myself, Ending::Abnormal, Some(why));
         }
     }

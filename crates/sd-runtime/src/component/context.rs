@@ -160,7 +160,7 @@ impl Deployment {
     /// Registers a live component.
     pub fn publish(&self, index: usize, component: ComponentRef, incarnation: u64) {
         let actor = component.0.get_id();
-        self.registry().insert(
+        let replaced = self.registry().insert(
             index,
             Published {
                 component,
@@ -169,7 +169,11 @@ impl Deployment {
                 work_dir: None,
             },
         );
-        self.live.send_modify(|live| *live += 1);
+        // A new incarnation takes its predecessor's place (and count), whose own
+        // unpublish then finds itself replaced and does nothing.
+        if replaced.is_none() {
+            self.live.send_modify(|live| *live += 1);
+        }
     }
 
     /// Forgets a component that stopped (unless a newer incarnation replaced it).
@@ -208,7 +212,26 @@ impl Deployment {
     /// Waits until no component actor of the deployment is alive.
     pub async fn all_stopped(&self) {
         let mut live = self.live.subscribe();
-        let _ = live.wait_for(|n| *n == 0).await;
+        loop {
+            let wait = live.wait_for(|n| *n == 0);
+            if tokio::time::timeout(std::time::Duration::from_millis(100), wait)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            // An actor killed with its parent (after a panic) never unregisters: prune the
+            // registry of actors that are gone.
+            let gone: Vec<(usize, u64)> = self
+                .registry()
+                .iter()
+                .filter(|(_, p)| p.component.0.get_status() == ractor::ActorStatus::Stopped)
+                .map(|(index, p)| (*index, p.incarnation))
+                .collect();
+            for (index, incarnation) in gone {
+                self.unpublish(index, incarnation);
+            }
+        }
     }
 
     /// Binds the LAZY attribute `attribute` of the component at `index` to a live component

@@ -267,6 +267,13 @@ impl State {
                 let _ = node.send(RootEnded { ending, reason });
             }
         }
+        self.stop(myself);
+    }
+
+    /// Stops the actor. It leaves the registry first: a parent that stops right after may
+    /// kill it before its `post_stop` runs.
+    fn stop(&self, myself: &ActorRef<ComponentMsg>) {
+        self.deployment.unpublish(self.index, self.incarnation);
         myself.stop(None);
     }
 }
@@ -334,7 +341,7 @@ impl Actor for ComponentActor {
                 if let Err(failure) = &outcome {
                     state.finished = true;
                     state.record(ComponentState::Failed, Some(failure.reason.clone()));
-                    myself.stop(None);
+                    state.stop(&myself);
                 } else {
                     state.record(ComponentState::Deployed, None);
                 }
@@ -347,7 +354,7 @@ impl Actor for ComponentActor {
                     Err(failure) => {
                         state.finished = true;
                         state.record(ComponentState::Failed, Some(failure.reason.clone()));
-                        myself.stop(None);
+                        state.stop(&myself);
                     }
                     Ok(()) if !state.finished => state.record(ComponentState::Running, None),
                     Ok(()) => {}
@@ -355,16 +362,26 @@ impl Actor for ComponentActor {
                 let _ = reply.send(outcome);
             }
             ComponentMsg::Terminate(reply) => {
+                // From here on it goes away on its own: a parent that stops first must not
+                // kill it half-way through its cleanup (ractor kills linked children).
+                if let ParentRef::Component(parent) = &state.parent {
+                    myself.get_cell().unlink(parent.0.get_cell());
+                }
                 let already = state.finished;
                 state.finished = true;
                 if !already {
                     state.record(ComponentState::Terminating, None);
                 }
-                terminate(state, reply).await;
+                // A parent may stop (and so kill this actor) as soon as it has the answer:
+                // everything is recorded before answering.
+                let reply = terminate(state, reply).await;
                 if !already {
                     state.record(ComponentState::Terminated, None);
                 }
-                myself.stop(None);
+                state.stop(&myself);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
             }
             ComponentMsg::Ping(reply) => {
                 let answer = match &mut state.work {
@@ -509,23 +526,22 @@ async fn start(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
     }
 }
 
-async fn terminate(state: &mut State, reply: RpcReplyPort<()>) {
+/// Cleans the component away; returns the reply if it is still to be sent.
+async fn terminate(state: &mut State, reply: RpcReplyPort<()>) -> Option<RpcReplyPort<()>> {
     match &mut state.work {
         Work::Container(container) => {
             container
                 .terminate(&state.deployment, state.index, reply)
-                .await;
+                .await
         }
         Work::Process(domain) => {
             domain.terminate(&state.deployment, state.index).await;
-            let _ = reply.send(());
+            Some(reply)
         }
         Work::Dir(dir) => {
             dir.terminate(&state.deployment, state.index).await;
-            let _ = reply.send(());
+            Some(reply)
         }
-        Work::Shell(_) | Work::Plain => {
-            let _ = reply.send(());
-        }
+        Work::Shell(_) | Work::Plain => Some(reply),
     }
 }
