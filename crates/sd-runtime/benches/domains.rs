@@ -1,0 +1,137 @@
+//! Runtime figures with real processes (prints them; not a timed test):
+//! - deploy+start of 1,000 process domains on one node (target: under 2 s), and their terminate;
+//! - a process domain's crash to its restarted process running, p50 and p99 (target p50 under
+//!   20 ms).
+//!
+//! Run: `cargo bench -p sd-runtime --bench domains`
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use sd_proto::{ComponentState, DeployRequest, DeploymentState};
+use sd_runtime::{Node, NodeConfig};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+async fn deploy(node: &Node, name: &str, body: &str) {
+    node.deploy(DeployRequest {
+        name: name.into(),
+        description: format!("#include \"prelude.sf\"\n{body}"),
+        source: format!("{name}.sf"),
+    })
+    .await
+    .unwrap();
+}
+
+async fn wait_running(node: &Node, name: &str) {
+    loop {
+        let state = node.status(name).unwrap().deployment.state;
+        match state {
+            DeploymentState::Running => return,
+            DeploymentState::Failed { reason } => panic!("{reason}"),
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+async fn thousand_domains(node: &Node) {
+    for round in 1..=3 {
+        let name = format!("big{round}");
+        let started = Instant::now();
+        deploy(
+            node,
+            &name,
+            r#"sfConfig extends Pool { replicas 1000; template extends LAZY ProcessDomain { command [| "/bin/sleep", "600" |]; } }"#,
+        )
+        .await;
+        wait_running(node, &name).await;
+        let up = started.elapsed();
+        let status = node.status(&name).unwrap();
+        let running = status
+            .components
+            .iter()
+            .filter(|c| c.state == ComponentState::Running && c.pid.is_some())
+            .count();
+        assert_eq!(running, 1000);
+        let started = Instant::now();
+        node.terminate(&name).await.unwrap();
+        let down = started.elapsed();
+        println!(
+            "1,000 process domains, round {round}: deploy+start {:.0} ms, terminate {:.0} ms",
+            up.as_secs_f64() * 1e3,
+            down.as_secs_f64() * 1e3
+        );
+    }
+}
+
+async fn crash_to_restart(node: &Node) {
+    deploy(
+        node,
+        "crash",
+        r#"sfConfig extends Compound { sdMaxRestarts 1000; sdRestartWindow 1; d extends ProcessDomain { command [| "/bin/sleep", "600" |]; } }"#,
+    )
+    .await;
+    wait_running(node, "crash").await;
+    let mut events = node.events();
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let status = node.status("crash").unwrap();
+        let pid = status.components[1].pid.unwrap();
+        // Pace the crashes so that each restart is the first in its window (no backoff).
+        tokio::time::sleep(Duration::from_millis(1005)).await;
+        while events.try_recv().is_ok() {}
+        let killed = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.path == "sfConfig:d" && event.state == "running" {
+                break;
+            }
+        }
+        samples.push(killed.elapsed());
+        if samples.len() == 30 {
+            break;
+        }
+    }
+    samples.sort();
+    println!(
+        "crash to restarted process running ({} crashes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (includes ~1 ms to run kill(1))",
+        samples.len(),
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().unwrap().as_secs_f64() * 1e3,
+    );
+    node.terminate("crash").await.unwrap();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported here.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(NodeConfig {
+            name: "bench".into(),
+            data_dir: dir.path().to_path_buf(),
+        })
+        .await
+        .unwrap();
+        thousand_domains(&node).await;
+        crash_to_restart(&node).await;
+    });
+}
