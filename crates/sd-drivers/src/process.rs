@@ -44,6 +44,7 @@ pub struct ProcessIdentity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ProcStat {
     state: char,
+    ppid: u32,
     pgrp: i32,
     start_time: u64,
 }
@@ -57,6 +58,7 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
     // fields[0] is field 3 (state); field N is fields[N - 3].
     Some(ProcStat {
         state: fields.first()?.chars().next()?,
+        ppid: fields.get(4 - 3)?.parse().ok()?,
         pgrp: fields.get(5 - 3)?.parse().ok()?,
         start_time: fields.get(22 - 3)?.parse().ok()?,
     })
@@ -314,6 +316,36 @@ pub fn rotate_log(path: &Path, max_bytes: u64) -> Result<bool> {
     Ok(true)
 }
 
+/// The process-group leaders whose environment holds `name=value` (exactly), read from
+/// `/proc`, leaving out those whose parent is marked too (a workload's own process groups).
+/// An agent marks the domains it starts this way, so that a process it started but had no
+/// time to record before it was killed is still found, and not left running.
+pub fn marked_processes(name: &str, value: &str) -> Vec<ProcessIdentity> {
+    let wanted = format!("{name}={value}");
+    let marked = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+            environ
+                .split(|&byte| byte == 0)
+                .any(|entry| entry == wanted.as_bytes())
+        })
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|stat| {
+                u32::try_from(stat.pgrp).ok() == Some(pid)
+                    && stat.state != 'Z'
+                    && marked(pid)
+                    && !marked(stat.ppid)
+            })
+        })
+        .filter_map(ProcessIdentity::of)
+        .collect()
+}
+
 /// The process group a running process is in (for tests and diagnostics).
 pub fn process_group(pid: u32) -> Option<i32> {
     proc_stat(pid).map(|stat| stat.pgrp)
@@ -339,6 +371,23 @@ mod tests {
             !other_start.is_running(),
             "a different start time is another process"
         );
+    }
+
+    #[tokio::test]
+    async fn marked_processes_are_found_by_their_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("{}-{}", std::process::id(), dir.path().display());
+        let mut process = RunningProcess::spawn(&ProcessSpec {
+            command: vec!["/bin/sleep".into(), "30".into()],
+            env: vec![("SD_TEST_MARK".into(), marker.clone())],
+            cwd: dir.path().to_path_buf(),
+            log: dir.path().join("log"),
+        })
+        .unwrap();
+        let found = marked_processes("SD_TEST_MARK", &marker);
+        assert_eq!(found, vec![process.identity()]);
+        process.stop(Duration::from_secs(1)).await.unwrap();
+        assert!(marked_processes("SD_TEST_MARK", &marker).is_empty());
     }
 
     #[test]

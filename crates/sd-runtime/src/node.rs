@@ -163,6 +163,7 @@ impl Node {
                 shutting_down: AtomicBool::new(false),
             }),
         };
+        node.stop_unrecorded(&entries).await;
         for entry in entries {
             node.recover(entry).await;
         }
@@ -461,6 +462,32 @@ impl Node {
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let _ = self.records().flush().await;
+    }
+
+    /// Stops the domain processes a previous agent on this data dir started but did not
+    /// record (it was killed in between): nothing acknowledged them, and nothing else would
+    /// ever stop them.
+    async fn stop_unrecorded(&self, entries: &[DeploymentEntry]) {
+        let recorded: std::collections::HashSet<(u32, u64)> = entries
+            .iter()
+            .flat_map(|entry| entry.components.values())
+            .filter_map(|record| record.process)
+            .map(|p| (p.pid, p.start_time))
+            .collect();
+        let marker = self.inner.config.data_dir.display().to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            sd_drivers::process::marked_processes(crate::component::DATA_DIR_MARKER, &marker)
+        })
+        .await
+        .unwrap_or_default();
+        for identity in found {
+            if recorded.contains(&(identity.pid, identity.start_time)) {
+                continue;
+            }
+            if let Some(mut process) = sd_drivers::process::RunningProcess::adopt(identity) {
+                let _ = process.stop(std::time::Duration::ZERO).await;
+            }
+        }
     }
 
     /// Takes a recorded deployment over after the agent restarted.

@@ -526,7 +526,19 @@ mod tests {
             .iter()
             .map(PlannedComponent::path_text)
             .collect();
-        assert_eq!(paths, ["sfConfig", "sfConfig:p", "sfConfig:pool"]);
+        // The pool's replicas run; its template does not.
+        assert_eq!(
+            paths,
+            [
+                "sfConfig",
+                "sfConfig:p",
+                "sfConfig:pool",
+                "sfConfig:pool:r1",
+                "sfConfig:pool:r2"
+            ]
+        );
+        assert_eq!(plan.components[3].kind, Kind::ProcessDomain);
+        assert!(plan.index_of(&["pool".into(), "template".into()]).is_none());
     }
 
     #[test]
@@ -552,6 +564,18 @@ mod tests {
                 "missing `{wanted}` in {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_pool_refuses_an_attribute_named_like_a_replica() {
+        let config = resolve(
+            "sfConfig extends Pool { replicas 2; r2 7; template extends LAZY ProcessDomain { command [| \"sleep\", \"9\" |]; } }",
+        );
+        let errors = plan(&config).expect_err("clash");
+        assert!(
+            errors[0].to_string().contains("the Pool has an attribute `r2` already"),
+            "{errors:?}"
+        );
     }
 
     #[test]

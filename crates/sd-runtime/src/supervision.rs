@@ -528,8 +528,8 @@ mod tests {
             .and_then(Value::as_component)
             .unwrap();
         assert_eq!(
-            RestartPolicy::from_component(child, "sfConfig:a"),
-            Ok(Permanent)
+            RestartPolicy::from_component(child, "sfConfig:a").ok(),
+            Some(Permanent)
         );
     }
 

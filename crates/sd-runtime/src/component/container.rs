@@ -44,6 +44,10 @@ struct Slot {
     missed: u32,
     /// How many missed checks make a failure (the child's `sfLivenessFactor`).
     factor: u32,
+    /// How often it is checked (the child's `sfLivenessDelay`); zero: never.
+    delay: Duration,
+    /// When its next check is due.
+    due: std::time::Instant,
     ping_in_flight: bool,
 }
 
@@ -54,7 +58,8 @@ pub(crate) struct Container {
     supervisor: Supervisor,
     policies: Vec<RestartPolicy>,
     sync_terminate: bool,
-    liveness: Duration,
+    /// How often the children's checks are looked at: the shortest of their delays.
+    tick: Duration,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -73,6 +78,8 @@ impl Container {
                 restarting: false,
                 missed: 0,
                 factor: deployment.plan.components[child].liveness.factor.max(1),
+                delay: deployment.plan.components[child].liveness.delay,
+                due: std::time::Instant::now(),
                 ping_in_flight: false,
             })
             .collect();
@@ -89,7 +96,13 @@ impl Container {
                 description.get("sfSyncTerminate"),
                 Some(sd_lang::Value::Bool(true))
             ),
-            liveness: planned.liveness.delay,
+            tick: planned
+                .children
+                .iter()
+                .map(|&child| deployment.plan.components[child].liveness.delay)
+                .filter(|delay| !delay.is_zero())
+                .min()
+                .unwrap_or(Duration::ZERO),
             ticker: None,
         }
     }
@@ -211,8 +224,8 @@ impl Container {
                 slot.running = true;
             }
         }
-        if !self.liveness.is_zero() {
-            self.ticker = Some(myself.send_interval(self.liveness, || ComponentMsg::LivenessTick));
+        if !self.tick.is_zero() {
+            self.ticker = Some(myself.send_interval(self.tick, || ComponentMsg::LivenessTick));
         }
         Ok(())
     }
@@ -259,17 +272,19 @@ impl Container {
         None
     }
 
+    /// Pings every running child whose check is due; the answers come back as messages.
     pub fn ping_children(&mut self, myself: &ActorRef<ComponentMsg>) {
-        let timeout = self.liveness;
+        let now = std::time::Instant::now();
         for slot in &mut self.slots {
             let Some(child) = slot.child.clone() else {
                 continue;
             };
-            if !slot.running || slot.ping_in_flight {
+            if !slot.running || slot.ping_in_flight || slot.delay.is_zero() || slot.due > now {
                 continue;
             }
             slot.ping_in_flight = true;
-            let (index, incarnation) = (slot.index, slot.incarnation);
+            slot.due = now + slot.delay;
+            let (index, incarnation, timeout) = (slot.index, slot.incarnation, slot.delay);
             let parent = myself.clone();
             tokio::spawn(async move {
                 let result = child.ping(timeout).await;

@@ -28,6 +28,7 @@ use sd_proto::ComponentState;
 use tokio::sync::mpsc;
 
 pub(crate) use context::{Deployment, Services, deployment_dir};
+pub(crate) use process::DATA_DIR_MARKER;
 
 use crate::plan::Kind;
 use crate::supervision::Ending;

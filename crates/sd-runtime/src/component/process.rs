@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{ComponentMsg, Deployment};
 
+/// The environment variable that marks a domain's process with its agent's data dir; the
+/// agent finds, at start, the processes it started but had no time to record.
+pub(crate) const DATA_DIR_MARKER: &str = "SD_DATA_DIR";
+
 /// What the watcher is asked to do.
 struct StopRequest {
     grace: Duration,
@@ -135,9 +139,16 @@ impl ProcessDomain {
                 }
             }
             None => {
+                let mut env = self.env.clone();
+                env.extend([
+                    ("SD_NODE".to_string(), deployment.services.node.clone()),
+                    (DATA_DIR_MARKER.to_string(), deployment.services.data_dir.display().to_string()),
+                    ("SD_DEPLOYMENT".to_string(), deployment.name.clone()),
+                    ("SD_COMPONENT".to_string(), deployment.plan.components[index].path_text()),
+                ]);
                 let spec = ProcessSpec {
                     command: self.command.clone(),
-                    env: self.env.clone(),
+                    env,
                     cwd: self.cwd.clone().unwrap_or_default(),
                     log: self.log.clone().unwrap_or_default(),
                 };
