@@ -329,3 +329,44 @@ async fn storage_backends_run_their_setup_through_the_hosts_shell() {
     assert!(text.contains("setupScript failed"), "{text}");
     assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_pool_runs_restarts_a_killed_worker_and_leaves_nothing() {
+    let t = TestNode::new().await;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/examples/pool.sf"),
+    )
+    .unwrap();
+    t.node
+        .deploy(sd_proto::DeployRequest {
+            name: "web".into(),
+            description: text,
+            source: "pool.sf".into(),
+        })
+        .await
+        .unwrap();
+    let status = t
+        .wait_state("web", |s| *s == DeploymentState::Running)
+        .await;
+    let workers: Vec<u32> = (1..=3)
+        .map(|n| pid(&status, &format!("sfConfig:pool:r{n}:worker")))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = t.node.log_path("web", "sfConfig:pool:r2:worker").unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("prepared on"), "{text}");
+    assert!(text.contains("sfConfig:pool:r2:worker beat 1"), "{text}");
+    common::kill(workers[1]);
+    let status = t
+        .wait("web", |s| {
+            let w = component(s, "sfConfig:pool:r2:worker");
+            w.restarts == 1 && w.state == ComponentState::Running
+        })
+        .await;
+    assert_ne!(pid(&status, "sfConfig:pool:r2:worker"), workers[1]);
+    t.node.terminate("web").await.unwrap();
+    for worker in workers {
+        assert!(!alive(worker));
+    }
+    assert!(t.leftovers().is_empty());
+}
