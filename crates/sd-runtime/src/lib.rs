@@ -58,7 +58,9 @@ pub enum Error {
         rule: &'static str,
     },
     /// A deployment of that name exists already.
-    #[error("a deployment named \"{name}\" exists already ({state}); terminate it first or choose another name")]
+    #[error(
+        "a deployment named \"{name}\" exists already ({state}); terminate it first or choose another name"
+    )]
     Exists {
         /// The name.
         name: String,
@@ -80,7 +82,7 @@ pub enum Error {
         path: String,
     },
     /// The node's durable state failed.
-    #[error("node state: {0}")]
+    #[error(transparent)]
     Store(#[from] sd_store::Error),
     /// A file of the node's data dir could not be used.
     #[error("{action} `{path}`: {source}")]

@@ -27,8 +27,7 @@ use sd_store::{DeploymentRecord, Store, unix_ms_now};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::component::{
-    Args, ComponentActor, ComponentRef, Deployment, ParentRef, RootEnded, Services,
-    deployment_dir,
+    Args, ComponentActor, ComponentRef, Deployment, ParentRef, RootEnded, Services, deployment_dir,
 };
 use crate::plan::{Plan, plan};
 use crate::records::{DeploymentEntry, Records};
@@ -396,9 +395,12 @@ impl Node {
 
     /// One deployment and its components.
     pub fn status(&self, name: &str) -> Result<DeploymentStatus> {
-        let entry = self.records().deployment(name).ok_or_else(|| Error::NotFound {
-            name: name.to_string(),
-        })?;
+        let entry = self
+            .records()
+            .deployment(name)
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_string(),
+            })?;
         Ok(DeploymentStatus {
             deployment: summary(&entry),
             components: entry
@@ -504,8 +506,7 @@ impl Node {
             return;
         }
         let properties = self.inner.services.properties.clone();
-        let planned = match prepare(&entry.record.source, &entry.record.description, &properties)
-        {
+        let planned = match prepare(&entry.record.source, &entry.record.description, &properties) {
             Ok((planned, _)) => planned,
             Err(error) => {
                 let reason = format!("cannot plan the recorded description again: {error}");

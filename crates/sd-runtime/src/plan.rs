@@ -177,12 +177,12 @@ pub fn replica_name(n: usize) -> String {
 /// that already has an attribute named like one of its replicas is an error.
 fn expand_pools(component: &mut Component, path: &mut Vec<String>, errors: &mut Vec<Error>) {
     for (name, value) in component.attrs.iter_mut() {
-        if let Value::Component(child) = value {
-            if child.eager {
-                path.push(name.to_string());
-                expand_pools(child, path, errors);
-                path.pop();
-            }
+        if let Value::Component(child) = value
+            && child.eager
+        {
+            path.push(name.to_string());
+            expand_pools(child, path, errors);
+            path.pop();
         }
     }
     if component.class() != Some("sd.Pool") {
@@ -573,7 +573,9 @@ mod tests {
         );
         let errors = plan(&config).expect_err("clash");
         assert!(
-            errors[0].to_string().contains("the Pool has an attribute `r2` already"),
+            errors[0]
+                .to_string()
+                .contains("the Pool has an attribute `r2` already"),
             "{errors:?}"
         );
     }

@@ -2,7 +2,7 @@
 //! Sequence, Parallel, Pool, sync terminate, failed-deploy rollback, saveImage, shells, and a
 //! clean host after terminate.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 
@@ -66,8 +66,14 @@ async fn sequence_runs_each_child_to_completion_before_the_next_and_then_finishe
     let status = t
         .wait_state("seq", |s| *s == DeploymentState::Terminated)
         .await;
-    assert_eq!(component(&status, "sfConfig:one").state, ComponentState::Finished);
-    assert_eq!(component(&status, "sfConfig:two").state, ComponentState::Finished);
+    assert_eq!(
+        component(&status, "sfConfig:one").state,
+        ComponentState::Finished
+    );
+    assert_eq!(
+        component(&status, "sfConfig:two").state,
+        ComponentState::Finished
+    );
     let one_finished = t.first("sfConfig:one", "finished").await.unwrap();
     let two_deploying = t.first("sfConfig:two", "deploying").await.unwrap();
     assert!(one_finished < two_deploying, "{}", t.timeline());
@@ -92,7 +98,11 @@ async fn parallel_runs_children_at_the_same_time_and_finishes_when_all_have() {
     t.wait_state("par", |s| *s == DeploymentState::Terminated)
         .await;
     // One after another would take 1.8 s.
-    assert!(started.elapsed().as_secs_f64() < 1.5, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs_f64() < 1.5,
+        "{:?}",
+        started.elapsed()
+    );
     t.node.terminate("par").await.unwrap();
 }
 
@@ -108,7 +118,10 @@ async fn pool_runs_named_replicas_each_supervised_on_its_own() {
         )
         .await;
     let paths: Vec<&str> = status.components.iter().map(|c| c.path.as_str()).collect();
-    assert_eq!(paths, ["sfConfig", "sfConfig:r1", "sfConfig:r2", "sfConfig:r3"]);
+    assert_eq!(
+        paths,
+        ["sfConfig", "sfConfig:r1", "sfConfig:r2", "sfConfig:r3"]
+    );
     let r1 = pid(&status, "sfConfig:r1");
     let r3 = pid(&status, "sfConfig:r3");
     common::kill(pid(&status, "sfConfig:r2"));
@@ -232,7 +245,11 @@ async fn bad_input_is_refused_and_running_deployments_are_untouched() {
         other => panic!("{other}"),
     }
     let name = t.deploy("no/slash", "sfConfig extends Compound;").await;
-    assert!(name.unwrap_err().to_string().contains("invalid deployment name"));
+    assert!(
+        name.unwrap_err()
+            .to_string()
+            .contains("invalid deployment name")
+    );
     let missing_base = t
         .deploy(
             "nobase",
@@ -281,7 +298,10 @@ async fn save_image_archives_the_working_directory_before_removing_it() {
     assert_eq!(images.len(), 1, "{images:?}");
     let image = &images[0];
     let name = image.file_name().unwrap().to_string_lossy().to_string();
-    assert!(name.starts_with("web-") && name.ends_with(".tar.zst"), "{name}");
+    assert!(
+        name.starts_with("web-") && name.ends_with(".tar.zst"),
+        "{name}"
+    );
     let decoder = zstd::Decoder::new(std::fs::File::open(image).unwrap()).unwrap();
     let mut archive = tar::Archive::new(decoder);
     let files: Vec<String> = archive
@@ -308,7 +328,10 @@ async fn storage_backends_run_their_setup_through_the_hosts_shell() {
                }"#,
         )
         .await;
-    assert_eq!(component(&status, "sfConfig:myShell").state, ComponentState::Running);
+    assert_eq!(
+        component(&status, "sfConfig:myShell").state,
+        ComponentState::Running
+    );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let log = t.node.log_path("shell", "sfConfig:app").unwrap();
     let text = std::fs::read_to_string(log).unwrap();

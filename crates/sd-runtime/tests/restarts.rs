@@ -1,7 +1,7 @@
 //! Restart strategies with real processes: one_for_one, one_for_all, rest_for_one, none,
 //! restart policies, intensity and escalation, backoff, and liveness failures.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 
@@ -206,7 +206,12 @@ async fn a_child_that_misses_its_liveness_checks_is_restarted() {
     assert_eq!(component(&status, "sfConfig:disk").restarts, 0);
     // The backend's directory vanishes behind the agent's back: its ping fails.
     let storage = t.data_dir().join("deployments/l/storage");
-    let dir = std::fs::read_dir(&storage).unwrap().next().unwrap().unwrap().path();
+    let dir = std::fs::read_dir(&storage)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::remove_dir_all(&dir).unwrap();
     let status = t
         .wait("l", |s| {
@@ -234,7 +239,12 @@ async fn a_liveness_delay_of_zero_disables_the_checks() {
     )
     .await;
     let storage = t.data_dir().join("deployments/z/storage");
-    let dir = std::fs::read_dir(&storage).unwrap().next().unwrap().unwrap().path();
+    let dir = std::fs::read_dir(&storage)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::remove_dir_all(&dir).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let status = t.node.status("z").unwrap();

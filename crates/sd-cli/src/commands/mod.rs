@@ -1,6 +1,14 @@
-//! The subcommands.
+//! The subcommands: `resolve` and `validate` work on a description alone; `agent` runs a
+//! node; `deploy`, `terminate`, `status`, `ls` and `logs` talk to an agent through
+//! [`crate::client`].
 
+mod agent;
+mod deploy;
 mod describe;
+mod logs;
+mod ls;
+mod status;
+mod terminate;
 
 use std::process::ExitCode;
 
@@ -13,17 +21,37 @@ pub enum Command {
     Resolve(describe::ResolveArgs),
     /// Check a description: prints `ok` or the errors.
     Validate(describe::DescriptionArgs),
+    /// Run this node's agent: its runtime and its API, until SIGTERM or SIGINT.
+    Agent(agent::AgentArgs),
+    /// Resolve a description here and deploy it on the agent under a name.
+    Deploy(deploy::DeployArgs),
+    /// Terminate a deployment: every component, in reverse order, leaving nothing behind.
+    Terminate(terminate::TerminateArgs),
+    /// Show a deployment's components (every deployment's without a name).
+    Status(status::StatusArgs),
+    /// List the deployments.
+    Ls(ls::LsArgs),
+    /// Print a domain's output (`--follow` to go on printing it).
+    Logs(logs::LogsArgs),
 }
 
-/// Exit status for a wrong description.
-pub const EXIT_INVALID: u8 = 1;
+/// Exit status when the description is wrong, or the agent refused or failed the request.
+pub const EXIT_FAILED: u8 = 1;
 /// Exit status for a usage error.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the agent cannot be reached or refuses the token.
+pub const EXIT_UNREACHABLE: u8 = 3;
 
 /// Runs a subcommand.
 pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Resolve(args) => describe::resolve(&args),
         Command::Validate(args) => describe::validate(&args),
+        Command::Agent(args) => agent::agent(&args),
+        Command::Deploy(args) => deploy::deploy(&args),
+        Command::Terminate(args) => terminate::terminate(&args),
+        Command::Status(args) => status::status(&args),
+        Command::Ls(args) => ls::ls(&args),
+        Command::Logs(args) => logs::logs(&args),
     }
 }

@@ -510,7 +510,11 @@ pub(super) async fn restart(
     restart_children(myself, state, children).await;
 }
 
-async fn restart_children(myself: &ActorRef<ComponentMsg>, state: &mut State, children: Vec<usize>) {
+async fn restart_children(
+    myself: &ActorRef<ComponentMsg>,
+    state: &mut State,
+    children: Vec<usize>,
+) {
     let deployment = Arc::clone(&state.deployment);
     for index in children {
         let Some(c) = container(state) else {

@@ -253,7 +253,12 @@ impl Deployment {
                 ));
             }
         };
-        match bind(&self.plan.config, from, reference, &self.services.properties) {
+        match bind(
+            &self.plan.config,
+            from,
+            reference,
+            &self.services.properties,
+        ) {
             Ok(Bound::Component(path)) => self.plan.index_of(&path).map(Some).ok_or_else(|| {
                 format!(
                     "`{attribute}` ({reference}) names `{}`, which is not a running component",

@@ -425,10 +425,10 @@ impl Actor for ComponentActor {
                 }
             }
             ComponentMsg::LivenessTick => {
-                if let Work::Container(container) = &mut state.work {
-                    if !state.finished {
-                        container.ping_children(&myself);
-                    }
+                if let Work::Container(container) = &mut state.work
+                    && !state.finished
+                {
+                    container.ping_children(&myself);
                 }
             }
             ComponentMsg::PingResult {
@@ -457,21 +457,21 @@ impl Actor for ComponentActor {
     ) -> std::result::Result<(), ActorProcessingErr> {
         // A child that stopped on its own has reported why already; one that panicked has
         // not: that is an abnormal end.
-        if let SupervisionEvent::ActorFailed(cell, error) = event {
-            if let Some((index, incarnation)) = state.deployment.find_actor(cell.get_id()) {
-                state.deployment.unpublish(index, incarnation);
-                if !state.finished {
-                    let reason = Some(format!("the component's actor panicked: {error}"));
-                    container::child_ended(
-                        &myself,
-                        state,
-                        index,
-                        incarnation,
-                        Ending::Abnormal,
-                        reason,
-                    )
-                    .await;
-                }
+        if let SupervisionEvent::ActorFailed(cell, error) = event
+            && let Some((index, incarnation)) = state.deployment.find_actor(cell.get_id())
+        {
+            state.deployment.unpublish(index, incarnation);
+            if !state.finished {
+                let reason = Some(format!("the component's actor panicked: {error}"));
+                container::child_ended(
+                    &myself,
+                    state,
+                    index,
+                    incarnation,
+                    Ending::Abnormal,
+                    reason,
+                )
+                .await;
             }
         }
         Ok(())

@@ -142,9 +142,15 @@ impl ProcessDomain {
                 let mut env = self.env.clone();
                 env.extend([
                     ("SD_NODE".to_string(), deployment.services.node.clone()),
-                    (DATA_DIR_MARKER.to_string(), deployment.services.data_dir.display().to_string()),
+                    (
+                        DATA_DIR_MARKER.to_string(),
+                        deployment.services.data_dir.display().to_string(),
+                    ),
                     ("SD_DEPLOYMENT".to_string(), deployment.name.clone()),
-                    ("SD_COMPONENT".to_string(), deployment.plan.components[index].path_text()),
+                    (
+                        "SD_COMPONENT".to_string(),
+                        deployment.plan.components[index].path_text(),
+                    ),
                 ]);
                 let spec = ProcessSpec {
                     command: self.command.clone(),
@@ -152,7 +158,10 @@ impl ProcessDomain {
                     cwd: self.cwd.clone().unwrap_or_default(),
                     log: self.log.clone().unwrap_or_default(),
                 };
-                (RunningProcess::spawn(&spec).map_err(|e| e.to_string())?, false)
+                (
+                    RunningProcess::spawn(&spec).map_err(|e| e.to_string())?,
+                    false,
+                )
             }
         };
         let identity = process.identity();

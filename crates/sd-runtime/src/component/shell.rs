@@ -48,7 +48,10 @@ impl Shell {
     /// Checks that the interpreter exists, so that a broken shell fails at deploy.
     pub fn check(&self) -> Result<(), String> {
         let Some(program) = self.interpreter.first() else {
-            return Err("`interpreter` is empty: it must name a program, e.g. [| \"/bin/sh\", \"-c\" |]".into());
+            return Err(
+                "`interpreter` is empty: it must name a program, e.g. [| \"/bin/sh\", \"-c\" |]"
+                    .into(),
+            );
         };
         let path = std::path::Path::new(program);
         if path.is_absolute() && !path.is_file() {
@@ -58,12 +61,7 @@ impl Shell {
     }
 
     /// Runs `script` in `cwd` in the background and answers on `reply`.
-    pub fn exec(
-        &self,
-        script: String,
-        cwd: PathBuf,
-        reply: RpcReplyPort<Result<String, String>>,
-    ) {
+    pub fn exec(&self, script: String, cwd: PathBuf, reply: RpcReplyPort<Result<String, String>>) {
         let mut argv = self.interpreter.clone();
         argv.push(script);
         let env = self.env.clone();
@@ -78,7 +76,11 @@ fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-async fn run(argv: Vec<String>, env: Vec<(String, String)>, cwd: PathBuf) -> Result<String, String> {
+async fn run(
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("empty interpreter")?;
     let mut command = tokio::process::Command::new(program);
     command

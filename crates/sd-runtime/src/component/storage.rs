@@ -71,15 +71,15 @@ impl DirStorage {
                 .await
                 .map_err(|e| format!("preparing the directory stopped: {e}"))?
                 .map_err(|e| e.to_string())?;
-            if !script.is_empty() {
-                if let Err(reason) = self.setup(deployment, index, &spec, script).await {
-                    let cleaned = DirSpec {
-                        save_image: false,
-                        ..spec.clone()
-                    };
-                    let _ = tokio::task::spawn_blocking(move || dir::cleanup(&cleaned)).await;
-                    return Err(reason);
-                }
+            if !script.is_empty()
+                && let Err(reason) = self.setup(deployment, index, &spec, script).await
+            {
+                let cleaned = DirSpec {
+                    save_image: false,
+                    ..spec.clone()
+                };
+                let _ = tokio::task::spawn_blocking(move || dir::cleanup(&cleaned)).await;
+                return Err(reason);
             }
         }
         deployment.publish_work_dir(index, Some(spec.work_dir.clone()));

@@ -1,7 +1,7 @@
 //! Helpers for the runtime's integration tests: a node in a temporary data dir, deploys that
 //! wait, and a recorder of lifecycle events.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -96,7 +96,15 @@ impl TestNode {
     pub fn timeline(&self) -> String {
         self.events()
             .iter()
-            .map(|e| format!("{} {} {} {:?}\n", e.unix_ms % 100_000, e.path, e.state, e.detail))
+            .map(|e| {
+                format!(
+                    "{} {} {} {:?}\n",
+                    e.unix_ms % 100_000,
+                    e.path,
+                    e.state,
+                    e.detail
+                )
+            })
             .collect()
     }
 

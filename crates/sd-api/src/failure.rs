@@ -1,0 +1,152 @@
+//! Every error response: a status code and a JSON [`ApiError`].
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sd_proto::{ApiError, MAX_REQUEST_BYTES};
+use sd_runtime::Error;
+
+/// An error response.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) status: StatusCode,
+    pub(crate) body: ApiError,
+}
+
+impl Failure {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            body: ApiError {
+                error: error.into(),
+                details: Vec::new(),
+            },
+        }
+    }
+
+    pub(crate) fn bad_request(error: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::BAD_REQUEST, error)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        let status = match &error {
+            Error::InvalidDescription { .. }
+            | Error::InvalidName { .. }
+            | Error::InvalidAttribute { .. } => StatusCode::BAD_REQUEST,
+            Error::Exists { .. } => StatusCode::CONFLICT,
+            Error::NotFound { .. } | Error::NoComponent { .. } => StatusCode::NOT_FOUND,
+            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Store(_) | Error::Io { .. } | Error::Durability(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let details = match &error {
+            Error::InvalidDescription { errors } => errors.clone(),
+            _ => Vec::new(),
+        };
+        Failure {
+            status,
+            body: ApiError {
+                error: error.to_string(),
+                details,
+            },
+        }
+    }
+}
+
+impl From<BytesRejection> for Failure {
+    fn from(rejection: BytesRejection) -> Failure {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than the limit of {MAX_REQUEST_BYTES} bytes ({} MiB)",
+                    MAX_REQUEST_BYTES >> 20
+                ),
+            );
+        }
+        Failure::new(
+            rejection.status(),
+            format!("cannot read the request body: {}", rejection.body_text()),
+        )
+    }
+}
+
+impl From<QueryRejection> for Failure {
+    fn from(rejection: QueryRejection) -> Failure {
+        Failure::bad_request(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for Failure {
+    fn from(rejection: PathRejection) -> Failure {
+        Failure::bad_request(rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_errors_map_to_their_status() {
+        let cases = [
+            (
+                Error::InvalidName {
+                    name: "-x".into(),
+                    rule: "rule",
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                Error::Exists {
+                    name: "web".into(),
+                    state: "running".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                Error::NotFound { name: "web".into() },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                Error::NoComponent {
+                    deployment: "web".into(),
+                    path: "sfConfig:x".into(),
+                },
+                StatusCode::NOT_FOUND,
+            ),
+            (Error::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                Error::Durability("disk full".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (error, status) in cases {
+            let message = error.to_string();
+            let failure = Failure::from(error);
+            assert_eq!(failure.status, status, "{message}");
+            assert_eq!(failure.body.error, message);
+            assert!(failure.body.details.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_invalid_description_carries_each_error_as_a_detail() {
+        let failure = Failure::from(Error::InvalidDescription {
+            errors: vec!["a.sf:1:2: one".into(), "a.sf:3:4: two".into()],
+        });
+        assert_eq!(failure.status, StatusCode::BAD_REQUEST);
+        assert_eq!(failure.body.error, "the description is invalid (2 errors)");
+        assert_eq!(failure.body.details, ["a.sf:1:2: one", "a.sf:3:4: two"]);
+    }
+}

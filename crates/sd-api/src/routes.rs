@@ -1,0 +1,172 @@
+//! The routes: each translates one request into a call on the node and its answer (or
+//! error) into a response. docs/api.md documents them.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sd_proto::{
+    API_PREFIX, DeployRequest, DeploymentState, DeploymentStatus, DeploymentSummary,
+    MAX_REQUEST_BYTES, NodeInfo,
+};
+use sd_runtime::Node;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::auth::require_token;
+use crate::failure::Failure;
+use crate::logs::Tail;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    node: Node,
+    pub(crate) token: Arc<str>,
+    /// Set to true when the server shuts down, to end the log streams that follow a file.
+    closing: Arc<watch::Sender<bool>>,
+}
+
+type Answer<T> = Result<T, Failure>;
+
+pub(crate) fn build(node: Node, token: String, closing: Arc<watch::Sender<bool>>) -> Router {
+    let state = AppState {
+        node,
+        token: token.into(),
+        closing,
+    };
+    let deployment = format!("{API_PREFIX}/deployments/{{name}}");
+    Router::new()
+        .route(&format!("{API_PREFIX}/node"), get(node_info))
+        .route(&format!("{API_PREFIX}/deployments"), get(list).post(deploy))
+        .route(&deployment, get(status).delete(terminate))
+        .route(&format!("{deployment}/logs"), get(logs))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Layers wrap the fallbacks too: an unknown route without the token is a 401.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route {method} {}; the API is under {API_PREFIX} (see docs/api.md)",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Failure {
+    Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// `GET /v1/node`.
+async fn node_info(State(state): State<AppState>) -> Json<NodeInfo> {
+    Json(state.node.info())
+}
+
+/// `GET /v1/deployments`.
+async fn list(State(state): State<AppState>) -> Json<Vec<DeploymentSummary>> {
+    Json(state.node.deployments())
+}
+
+/// `POST /v1/deployments`: 201 with the summary once the deploy is acknowledged (durable).
+async fn deploy(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<(StatusCode, Json<DeploymentSummary>)> {
+    // The body is parsed here rather than by `Json` so that every refusal is an `ApiError`
+    // and a missing `Content-Type` is no reason to refuse.
+    let request: DeployRequest = serde_json::from_slice(&body?).map_err(|error| {
+        Failure::bad_request(format!(
+            "the request body is not a deploy request (JSON with `name`, `description` and optional `source`): {error}"
+        ))
+    })?;
+    let name = request.name.clone();
+    state.node.deploy(request).await?;
+    let summary = state.node.status(&name)?.deployment;
+    Ok((StatusCode::CREATED, Json(summary)))
+}
+
+/// `GET /v1/deployments/{name}`.
+async fn status(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<Json<DeploymentStatus>> {
+    let Path(name) = name?;
+    Ok(Json(state.node.status(&name)?))
+}
+
+#[derive(Debug, Deserialize)]
+struct TerminateParams {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `DELETE /v1/deployments/{name}[?wait=true]`: 200 once terminated, or 202 once started.
+async fn terminate(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<TerminateParams>, QueryRejection>,
+) -> Answer<(StatusCode, Json<DeploymentSummary>)> {
+    let Path(name) = name?;
+    let Query(params) = params?;
+    let mut summary = state.node.status(&name)?.deployment;
+    if params.wait {
+        state.node.terminate(&name).await?;
+        summary.state = DeploymentState::Terminated;
+        return Ok((StatusCode::OK, Json(summary)));
+    }
+    let node = state.node.clone();
+    // A terminate that fails leaves the deployment listed, in the state that says why; and
+    // one refused because another terminate holds the name has that one to finish it.
+    tokio::spawn(async move { node.terminate(&name).await });
+    Ok((StatusCode::ACCEPTED, Json(summary)))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogParams {
+    path: String,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `GET /v1/deployments/{name}/logs?path=sfConfig:a[&follow=true]`: the log as text.
+async fn logs(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    params: Result<Query<LogParams>, QueryRejection>,
+) -> Answer<Response> {
+    let Path(name) = name?;
+    let Query(params) = params?;
+    let file = state.node.log_path(&name, &params.path)?;
+    let node = state.node.clone();
+    let component = params.path;
+    // The log is removed when its deployment ends (terminated or failed), and then
+    // `log_path` refuses: that ends a follow.
+    let alive = move || node.log_path(&name, &component).is_ok();
+    let body = Tail::new(file, params.follow, alive, state.closing.subscribe()).into_body();
+    let headers = [
+        (
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        ),
+        (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((headers, body).into_response())
+}

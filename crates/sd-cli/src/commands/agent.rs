@@ -1,0 +1,272 @@
+//! `sd agent`: runs this node: its runtime and its API, until SIGTERM or SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sd_runtime::{Node, NodeConfig};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{EXIT_FAILED, EXIT_USAGE};
+use crate::output::say;
+
+/// Where the API listens when neither a flag nor the config file says.
+const DEFAULT_API_LISTEN: &str = "127.0.0.1:4680";
+
+/// How long the runtime's last tasks get once the agent has stopped serving.
+const RUNTIME_GRACE: Duration = Duration::from_secs(2);
+
+/// Arguments of `sd agent`: each flag overrides the config file's key of the same name.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name (config key `name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the node keeps its state, logs and working directories (config key `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML file with the keys `name`, `data_dir` and `api_listen`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The address the API listens on; port 0 picks a free port [config key `api_listen`;
+    /// default 127.0.0.1:4680].
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    api_listen: Option<String>,
+}
+
+/// The settings once flags and config file are merged.
+#[derive(Debug)]
+struct Settings {
+    name: String,
+    data_dir: PathBuf,
+    api_listen: String,
+}
+
+fn read_config(path: &Path) -> Result<AgentConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read the config file `{}`: {error}", path.display()))?;
+    toml::from_str(&text).map_err(|error| {
+        format!(
+            "the config file `{}` is not valid: {}",
+            path.display(),
+            error.to_string().trim_end()
+        )
+    })
+}
+
+fn settings(args: &AgentArgs) -> Result<Settings, String> {
+    let config = match &args.config {
+        Some(path) => read_config(path)?,
+        None => AgentConfig::default(),
+    };
+    let name = args
+        .name
+        .clone()
+        .or(config.name)
+        .ok_or("the node needs a name: --name, or `name` in the config file")?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(config.data_dir)
+        .ok_or("the node needs a data dir: --data-dir, or `data_dir` in the config file")?;
+    // The runtime hands the data dir's paths to workloads, which may run elsewhere.
+    let data_dir = std::path::absolute(&data_dir)
+        .map_err(|error| format!("data dir `{}`: {error}", data_dir.display()))?;
+    let api_listen = args
+        .api_listen
+        .clone()
+        .or(config.api_listen)
+        .unwrap_or_else(|| DEFAULT_API_LISTEN.to_string());
+    Ok(Settings {
+        name,
+        data_dir,
+        api_listen,
+    })
+}
+
+/// `sd agent`.
+pub fn agent(args: &AgentArgs) -> ExitCode {
+    let settings = match settings(args) {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let outcome = runtime.block_on(run(settings));
+    // Workloads do not depend on the agent's tasks; what is left of those may just stop.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", message(&error));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// The error and its causes in one line, each cause once: an error whose message already
+/// quotes its source (`node state: {0}`) would otherwise print it twice.
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let Settings {
+        name,
+        data_dir,
+        api_listen,
+    } = settings;
+    // Before anything starts, so that a signal sent as soon as the agent is up is not lost.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let node = Node::open(NodeConfig {
+        name: name.clone(),
+        data_dir: data_dir.clone(),
+    })
+    .await
+    .with_context(|| format!("cannot open node {name} on `{}`", data_dir.display()))?;
+    let served = async {
+        let token = sd_api::load_or_create_token(&data_dir)?;
+        let listener = TcpListener::bind(&api_listen)
+            .await
+            .with_context(|| format!("cannot listen on {api_listen}"))?;
+        let address = listener
+            .local_addr()
+            .context("the listener has no address")?;
+        sd_api::write_url_file(&data_dir, address)?;
+        say(&format!(
+            "sd agent {name}: api on http://{address}, data in {}",
+            data_dir.display()
+        ));
+        let stop = async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        };
+        sd_api::serve(node.clone(), listener, token, stop).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    // Whatever happened, make the records durable; the workloads keep running by design,
+    // and the next agent on this data dir adopts them.
+    node.shutdown().await;
+    // The store is still ours (locked), so the URL file is this agent's or a dead one's.
+    let removed = sd_api::remove_url_file(&data_dir);
+    served?;
+    Ok(removed?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(name: Option<&str>, data_dir: Option<&str>, config: Option<PathBuf>) -> AgentArgs {
+        AgentArgs {
+            name: name.map(str::to_string),
+            data_dir: data_dir.map(PathBuf::from),
+            config,
+            api_listen: None,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "name = \"n1\"\ndata_dir = \"/srv/sd\"\napi_listen = \"0.0.0.0:9000\"\n",
+        )
+        .unwrap();
+        let from_file = settings(&args(None, None, Some(file.clone()))).unwrap();
+        assert_eq!(from_file.name, "n1");
+        assert_eq!(from_file.data_dir, PathBuf::from("/srv/sd"));
+        assert_eq!(from_file.api_listen, "0.0.0.0:9000");
+        let overridden = settings(&args(Some("n2"), Some("/tmp/x"), Some(file))).unwrap();
+        assert_eq!(overridden.name, "n2");
+        assert_eq!(overridden.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(overridden.api_listen, "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn name_and_data_dir_are_required_and_the_listen_address_has_a_default() {
+        let error = settings(&args(None, Some("/d"), None)).unwrap_err();
+        assert!(error.contains("--name"), "{error}");
+        let error = settings(&args(Some("n"), None, None)).unwrap_err();
+        assert!(error.contains("--data-dir"), "{error}");
+        let ok = settings(&args(Some("n"), Some("rel"), None)).unwrap();
+        assert_eq!(ok.api_listen, DEFAULT_API_LISTEN);
+        assert!(ok.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn an_error_message_names_each_cause_once() {
+        /// Quotes its source in its message, as `sd_runtime::Error::Store` does.
+        #[derive(Debug)]
+        struct Quoting(std::io::Error);
+        impl std::fmt::Display for Quoting {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "node state: {}", self.0)
+            }
+        }
+        impl std::error::Error for Quoting {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let quoting = anyhow::Error::new(Quoting(std::io::Error::other("locked")))
+            .context("cannot open node n1");
+        assert_eq!(message(&quoting), "cannot open node n1: node state: locked");
+        let plain = anyhow::Error::new(std::io::Error::other("in use")).context("cannot listen");
+        assert_eq!(message(&plain), "cannot listen: in use");
+    }
+
+    #[test]
+    fn a_config_file_with_unknown_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "name = \"n1\"\nlisten = \"x\"\n").unwrap();
+        let error = settings(&args(None, None, Some(file))).unwrap_err();
+        assert!(
+            error.contains("agent.toml") && error.contains("listen"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,507 @@
+//! End-to-end tests of `sd agent` and the commands that talk to it: each test starts the
+//! real binary on a temporary data dir (API on a free port) and drives it with `sd deploy`,
+//! `status`, `ls`, `logs` and `terminate`, as users do.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sd_proto::{DeploymentState, DeploymentStatus, DeploymentSummary};
+
+const HELLO: &str = r#"#include "prelude.sf"
+sfConfig extends Compound {
+  a extends ProcessDomain { command [| "/bin/sh", "-c", "echo hello; sleep 30" |]; }
+}
+"#;
+
+/// A running `sd agent`, killed (SIGKILL) when dropped.
+struct Agent {
+    child: Child,
+    /// The first line it printed.
+    banner: String,
+    url: String,
+    data_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent on `data_dir` and waits (up to 20 s) until it has written `api.url`.
+    fn start(data_dir: &Path) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
+            .args(["agent", "--name", "e2e", "--api-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sd agent starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = line_tx.send(line);
+        });
+        let banner = line_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the agent says it is up");
+        let url = std::fs::read_to_string(data_dir.join("api.url"))
+            .expect("api.url is written before the agent says it is up")
+            .trim()
+            .to_string();
+        Agent {
+            child,
+            banner: banner.trim_end().to_string(),
+            url,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// `sd ARGS` in `work`, as a user of this agent's host (SD_DATA_DIR set).
+    fn sd(&self, work: &Path, args: &[&str]) -> Output {
+        client(work, &self.data_dir).args(args).run()
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for the agent to exit.
+    fn stop(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.expect("kill runs").success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The longest any `sd` command may take (`terminate --wait` included).
+const COMMAND_WITHIN: Duration = Duration::from_secs(60);
+
+/// Runs a command to its end, collecting its output; one that takes longer than
+/// [`COMMAND_WITHIN`] is killed and fails the test instead of hanging it.
+trait Run {
+    fn run(&mut self) -> Output;
+}
+
+impl Run for Command {
+    fn run(&mut self) -> Output {
+        let child = self
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sd runs");
+        let pid = child.id();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(child.wait_with_output());
+        });
+        match done_rx.recv_timeout(COMMAND_WITHIN) {
+            Ok(output) => output.expect("sd's output"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("{self:?} did not end within {COMMAND_WITHIN:?}");
+            }
+        }
+    }
+}
+
+/// A `sd` command run in `work` against the agent of `data_dir`.
+fn client(work: &Path, data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+    command
+        .current_dir(work)
+        .env("SD_DATA_DIR", data_dir)
+        .env_remove("SD_AGENT")
+        .env_remove("SD_TOKEN_FILE");
+    command
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("sd exited (not killed)")
+}
+
+/// A temporary work dir holding `hello.sf`, and a data dir.
+fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let work = root.path().join("work");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&work).expect("work dir");
+    std::fs::write(work.join("hello.sf"), HELLO).expect("hello.sf");
+    (root, work, data)
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|s| s != "Z")
+        })
+        .unwrap_or(false)
+}
+
+fn status_json(agent: &Agent, work: &Path, name: &str) -> DeploymentStatus {
+    let output = agent.sd(work, &["status", name, "--format", "json"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).expect("status JSON")
+}
+
+fn ls_json(agent: &Agent, work: &Path) -> Vec<DeploymentSummary> {
+    let output = agent.sd(work, &["ls", "--format", "json"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).expect("ls JSON")
+}
+
+fn pid_of(status: &DeploymentStatus, path: &str) -> u32 {
+    status
+        .components
+        .iter()
+        .find(|c| c.path == path)
+        .and_then(|c| c.pid)
+        .unwrap_or_else(|| panic!("no pid for {path}: {status:#?}"))
+}
+
+#[test]
+fn deploy_status_logs_and_terminate_through_the_agent() {
+    let (_root, work, data) = dirs();
+    let agent = Agent::start(&data);
+    assert_eq!(
+        agent.banner,
+        format!(
+            "sd agent e2e: api on {}, data in {}",
+            agent.url,
+            data.display()
+        )
+    );
+
+    let output = agent.sd(
+        &work,
+        &["deploy", "hello", "hello.sf", "--wait", "--timeout", "30"],
+    );
+    assert_eq!(code(&output), 0, "{}{}", stdout(&output), stderr(&output));
+    let printed = stdout(&output);
+    assert!(
+        printed.contains("sfConfig:a (ProcessDomain) running"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("hello: 2 components running in "),
+        "{printed}"
+    );
+
+    let status = status_json(&agent, &work, "hello");
+    assert_eq!(status.deployment.state, DeploymentState::Running);
+    assert_eq!(status.deployment.source, "hello.sf");
+    let pid = pid_of(&status, "sfConfig:a");
+    assert!(alive(pid));
+
+    let output = agent.sd(&work, &["status", "hello"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let table = stdout(&output);
+    assert!(
+        table.starts_with("hello: running (2 of 2 components running"),
+        "{table}"
+    );
+    assert!(
+        table.contains("PATH") && table.contains("LAST-ERROR"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|line| line.trim_start().starts_with("sfConfig:a"))
+        .expect("a row for sfConfig:a");
+    assert!(
+        row.contains("ProcessDomain") && row.contains(&pid.to_string()),
+        "{row}"
+    );
+    let every = stdout(&agent.sd(&work, &["status"]));
+    assert!(every.starts_with("hello: running"), "{every}");
+
+    let output = agent.sd(&work, &["ls"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let listing = stdout(&output);
+    assert!(listing.starts_with("NAME"), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("hello")
+                && l.contains("running")
+                && l.ends_with("hello.sf")),
+        "{listing}"
+    );
+    let listed = ls_json(&agent, &work);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].running, 2);
+
+    // The echo may come a moment after the process is recorded running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let output = agent.sd(&work, &["logs", "hello", "sfConfig:a"]);
+        assert_eq!(code(&output), 0, "{}", stderr(&output));
+        if stdout(&output) == "hello\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log: {:?}", stdout(&output));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut follower = client(&work, &data)
+        .args(["logs", "hello", "a", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sd logs --follow runs");
+    let followed = follower.stdout.take().expect("stdout");
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(followed).lines() {
+            let _ = line_tx.send(line);
+        }
+    });
+    let first = line_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a line");
+    assert_eq!(first.expect("text"), "hello");
+
+    let output = agent.sd(&work, &["deploy", "hello", "hello.sf"]);
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("exists already"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = agent.sd(&work, &["terminate", "hello", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output), "terminated hello\n");
+    assert!(!alive(pid), "process {pid} survived terminate --wait");
+    assert!(ls_json(&agent, &work).is_empty());
+    let output = agent.sd(&work, &["ls"]);
+    assert_eq!(stdout(&output).lines().count(), 1, "only the header");
+
+    // The follow ends with the deployment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        if let Some(status) = follower.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = follower.kill();
+            panic!("sd logs --follow did not end with its deployment");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ended.success());
+
+    let output = agent.sd(&work, &["terminate", "hello"]);
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("no deployment named \"hello\""),
+        "{}",
+        stderr(&output)
+    );
+    let output = agent.sd(&work, &["status", "hello"]);
+    assert_eq!(code(&output), 1);
+    let output = agent.sd(&work, &["logs", "hello", "a"]);
+    assert_eq!(code(&output), 1);
+}
+
+#[test]
+fn deploy_and_terminate_without_wait_return_at_once() {
+    let (_root, work, data) = dirs();
+    let agent = Agent::start(&data);
+    let output = agent.sd(&work, &["deploy", "quick", "hello.sf"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(stdout(&output), "deployed quick\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_json(&agent, &work, "quick").deployment.state != DeploymentState::Running {
+        assert!(Instant::now() < deadline, "quick does not run");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = pid_of(&status_json(&agent, &work, "quick"), "sfConfig:a");
+
+    let output = agent.sd(&work, &["terminate", "quick"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(stdout(&output).starts_with("terminating quick"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ls_json(&agent, &work).is_empty() || alive(pid) {
+        assert!(Instant::now() < deadline, "quick is not gone");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_wrong_description_is_reported_without_contacting_any_agent() {
+    let (_root, work, data) = dirs();
+    std::fs::write(
+        work.join("bad.sf"),
+        "#include \"prelude.sf\"\nsfConfig extends Compound {\n  a extends NoSuchComponent;\n}\n",
+    )
+    .expect("bad.sf");
+    // No agent and no token: a request would fail with exit code 3.
+    let output = client(&work, &data)
+        .args(["deploy", "bad", "bad.sf", "--agent", "http://127.0.0.1:1"])
+        .run();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    let errors = stderr(&output);
+    assert!(errors.contains("bad.sf:3:"), "{errors}");
+    assert!(!errors.contains("agent"), "{errors}");
+
+    let output = client(&work, &data)
+        .args(["deploy", "bad", "missing.sf"])
+        .run();
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+}
+
+#[test]
+fn no_token_a_wrong_token_or_no_agent_exit_3_naming_what_failed() {
+    let (_root, work, data) = dirs();
+    let agent = Agent::start(&data);
+
+    let output = client(&work, &data)
+        .args(["ls", "--token-file", "/nonexistent/token"])
+        .run();
+    assert_eq!(code(&output), 3);
+    assert!(
+        stderr(&output).contains("/nonexistent/token"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = client(&work, &data)
+        .env("SD_TOKEN_FILE", "/nonexistent/token")
+        .args(["deploy", "hello", "hello.sf"])
+        .run();
+    assert_eq!(code(&output), 3);
+    assert!(
+        stderr(&output).contains("/nonexistent/token"),
+        "{}",
+        stderr(&output)
+    );
+
+    let wrong = work.join("wrong-token");
+    std::fs::write(&wrong, format!("{}\n", "0".repeat(64))).expect("token");
+    let output = client(&work, &data)
+        .arg("ls")
+        .arg("--token-file")
+        .arg(&wrong)
+        .run();
+    assert_eq!(code(&output), 3);
+    let message = stderr(&output);
+    assert!(
+        message.contains("refused") && message.contains("wrong-token"),
+        "{message}"
+    );
+
+    let output = client(&work, &data)
+        .args(["status", "--agent", "http://127.0.0.1:1"])
+        .run();
+    assert_eq!(code(&output), 3);
+    assert!(
+        stderr(&output).contains("http://127.0.0.1:1"),
+        "{}",
+        stderr(&output)
+    );
+
+    // The right token, found through SD_DATA_DIR, works.
+    assert!(ls_json(&agent, &work).is_empty());
+}
+
+#[test]
+fn a_second_agent_on_the_same_data_dir_or_port_exits_1() {
+    let (root, _work, data) = dirs();
+    let agent = Agent::start(&data);
+    let port = agent.url.rsplit(':').next().expect("a port");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["agent", "--name", "other", "--api-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .run();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(
+        stderr(&output).starts_with("error: "),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["agent", "--name", "other"])
+        .arg("--data-dir")
+        .arg(root.path().join("other"))
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .run();
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["agent", "--data-dir", "/tmp"])
+        .run();
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    assert!(stderr(&output).contains("--name"), "{}", stderr(&output));
+}
+
+#[test]
+fn sigterm_stops_the_agent_and_the_next_one_adopts_its_workloads() {
+    let (_root, work, data) = dirs();
+    let agent = Agent::start(&data);
+    let token = std::fs::read_to_string(data.join("token")).expect("token");
+    let output = agent.sd(
+        &work,
+        &["deploy", "kept", "hello.sf", "--wait", "--timeout", "30"],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let pid = pid_of(&status_json(&agent, &work, "kept"), "sfConfig:a");
+
+    let status = agent.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(!data.join("api.url").exists(), "api.url is removed at exit");
+    assert!(alive(pid), "workloads outlive the agent");
+
+    let agent = Agent::start(&data);
+    assert_eq!(
+        std::fs::read_to_string(data.join("token")).expect("token"),
+        token,
+        "the token is reused"
+    );
+    let status = status_json(&agent, &work, "kept");
+    assert_eq!(status.deployment.state, DeploymentState::Running);
+    assert_eq!(
+        pid_of(&status, "sfConfig:a"),
+        pid,
+        "re-adopted, not restarted"
+    );
+    let output = agent.sd(&work, &["terminate", "kept", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(!alive(pid));
+}
