@@ -505,3 +505,164 @@ fn sigterm_stops_the_agent_and_the_next_one_adopts_its_workloads() {
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(!alive(pid));
 }
+
+/// The processes (group leaders) that carry this data dir's marker: every domain the agents
+/// on it started and that still runs.
+fn marked(data: &Path) -> Vec<u32> {
+    let wanted = format!("SD_DATA_DIR={}", data.display());
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|b| *b == 0)
+                    .any(|entry| entry == wanted.as_bytes())
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn wait_status(
+    agent: &Agent,
+    work: &Path,
+    name: &str,
+    check: impl Fn(&DeploymentStatus) -> bool,
+) -> DeploymentStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = status_json(agent, work, name);
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "timed out: {status:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const SURVIVORS: &str = r#"#include "prelude.sf"
+sfConfig extends PhysicalHost {
+  disk extends DirStorageBackend { setupScript "echo kept > state.txt"; }
+  keep extends ProcessDomain { storageBackend LAZY ATTRIB disk; command [| "/bin/sleep", "600" |]; }
+  lost extends ProcessDomain { command [| "/bin/sleep", "600" |]; }
+}
+"#;
+
+#[test]
+fn sigkill_of_the_agent_then_restart_readopts_live_domains_and_restarts_dead_ones() {
+    let (_root, work, data) = dirs();
+    std::fs::write(work.join("survivors.sf"), SURVIVORS).expect("write");
+    let mut agent = Agent::start(&data);
+    let output = agent.sd(&work, &["deploy", "s", "survivors.sf", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let before = status_json(&agent, &work, "s");
+    let keep = pid_of(&before, "sfConfig:keep");
+    let lost = pid_of(&before, "sfConfig:lost");
+
+    // SIGKILL: the agent gets no chance to do anything.
+    agent.child.kill().expect("SIGKILL");
+    agent.child.wait().expect("reaped");
+    drop(agent);
+    assert!(alive(keep) && alive(lost), "domains outlive their agent");
+    // One domain dies while no agent watches it.
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &lost.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+
+    let agent = Agent::start(&data);
+    let after = wait_status(&agent, &work, "s", |s| {
+        s.deployment.state == DeploymentState::Running
+            && s.components
+                .iter()
+                .all(|c| c.state == sd_proto::ComponentState::Running)
+            && s.components
+                .iter()
+                .any(|c| c.path == "sfConfig:lost" && c.restarts == 1)
+    });
+    assert_eq!(
+        pid_of(&after, "sfConfig:keep"),
+        keep,
+        "re-adopted by pid and start time"
+    );
+    assert_ne!(
+        pid_of(&after, "sfConfig:lost"),
+        lost,
+        "restarted by its strategy"
+    );
+    let disk = std::fs::read_dir(data.join("deployments/s/storage"))
+        .expect("storage kept")
+        .next()
+        .expect("one backend")
+        .expect("entry")
+        .path();
+    assert_eq!(
+        std::fs::read_to_string(disk.join("state.txt")).expect("state kept"),
+        "kept\n"
+    );
+
+    // Supervision works on the re-adopted domain as on any other.
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &keep.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    wait_status(&agent, &work, "s", |s| {
+        s.components.iter().any(|c| {
+            c.path == "sfConfig:keep" && c.restarts == 1 && c.pid.is_some_and(|p| p != keep)
+        })
+    });
+
+    let output = agent.sd(&work, &["terminate", "s", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(
+        marked(&data).is_empty(),
+        "nothing left: {:?}",
+        marked(&data)
+    );
+    assert!(!data.join("deployments/s").exists());
+}
+
+#[test]
+fn an_acknowledged_deploy_survives_a_sigkill_right_after_with_no_duplicate() {
+    let (_root, work, data) = dirs();
+    std::fs::write(
+        work.join("many.sf"),
+        r#"#include "prelude.sf"
+sfConfig extends Pool { replicas 40; template extends LAZY ProcessDomain { command [| "/bin/sleep", "600" |]; } }
+"#,
+    )
+    .expect("write");
+    let mut agent = Agent::start(&data);
+    let output = agent.sd(&work, &["deploy", "many", "many.sf"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    // Killed while the replicas are being started: some spawned, some recorded, some not.
+    agent.child.kill().expect("SIGKILL");
+    agent.child.wait().expect("reaped");
+    drop(agent);
+
+    let agent = Agent::start(&data);
+    let status = wait_status(&agent, &work, "many", |s| {
+        s.deployment.state == DeploymentState::Running
+    });
+    let mut pids: Vec<u32> = status.components.iter().filter_map(|c| c.pid).collect();
+    pids.sort_unstable();
+    assert_eq!(pids.len(), 40);
+    // Exactly the recorded processes run: those spawned but not recorded were stopped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while marked(&data) != pids {
+        assert!(Instant::now() < deadline, "{:?} != {pids:?}", marked(&data));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = agent.sd(&work, &["terminate", "many", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(marked(&data).is_empty());
+}
