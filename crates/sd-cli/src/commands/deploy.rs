@@ -39,6 +39,12 @@ pub struct DeployArgs {
 
 /// `sd deploy`.
 pub fn deploy(args: &DeployArgs) -> ExitCode {
+    deploy_from(args, &args.description.file.display().to_string())
+}
+
+/// `sd deploy`, naming `source` as where the description came from (`sd status` shows it):
+/// `sd demo` deploys a copy of an example under the example's own name.
+pub(super) fn deploy_from(args: &DeployArgs, source: &str) -> ExitCode {
     let started = Instant::now();
     // A wrong description is reported from here, before any agent is contacted.
     let resolved = match args.description.resolve() {
@@ -49,7 +55,7 @@ pub fn deploy(args: &DeployArgs) -> ExitCode {
     let request = DeployRequest {
         name: args.name.clone(),
         description: sd_lang::unparse::unparse_config(&resolved.config),
-        source: args.description.file.display().to_string(),
+        source: source.to_string(),
     };
     let client = match Client::connect(&args.connect) {
         Ok(client) => client,

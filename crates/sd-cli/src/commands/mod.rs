@@ -1,8 +1,9 @@
 //! The subcommands: `resolve` and `validate` work on a description alone; `agent` runs a
 //! node; `deploy`, `terminate`, `status`, `ls` and `logs` talk to an agent through
-//! [`crate::client`].
+//! [`crate::client`]; `demo` shows them at work on a throwaway agent.
 
 mod agent;
+mod demo;
 mod deploy;
 mod describe;
 mod logs;
@@ -33,6 +34,9 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Print a domain's output (`--follow` to go on printing it).
     Logs(logs::LogsArgs),
+    /// Show sd at work, with nothing to set up: a throwaway agent deploys a pool of
+    /// processes, heals one killed behind its back, then takes it all down without a trace.
+    Demo,
 }
 
 /// Exit status when the description is wrong, or the agent refused or failed the request.
@@ -53,5 +57,6 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status(args) => status::status(&args),
         Command::Ls(args) => ls::ls(&args),
         Command::Logs(args) => logs::logs(&args),
+        Command::Demo => demo::demo(),
     }
 }
