@@ -393,3 +393,62 @@ async fn the_example_pool_runs_restarts_a_killed_worker_and_leaves_nothing() {
     }
     assert!(t.leftovers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_ignores_sigterm_is_killed_after_its_stop_timeout() {
+    let t = TestNode::new().await;
+    let status = t
+        .deploy_running(
+            "stubborn",
+            r#"sfConfig extends Compound {
+                 p extends ProcessDomain {
+                   sdStopTimeout 0.3;
+                   command [| "/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.05; done" |];
+                 }
+               }"#,
+        )
+        .await;
+    let p = pid(&status, "sfConfig:p");
+    let started = std::time::Instant::now();
+    t.node.terminate("stubborn").await.unwrap();
+    let took = started.elapsed();
+    assert!(!alive(p));
+    assert!(
+        took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domains_log_is_capped_and_rotated() {
+    let t = TestNode::new().await;
+    t.deploy_running(
+        "chatty",
+        r#"sfConfig extends Compound {
+             sfLivenessDelay 0.1;
+             p extends ProcessDomain {
+               logMaxBytes 4096;
+               command [| "/bin/sh", "-c", "while true; do echo 0123456789012345678901234567890123456789; sleep 0.001; done" |];
+             }
+           }"#,
+    )
+    .await;
+    let log = t.node.log_path("chatty", "sfConfig:p").unwrap();
+    let mut rotated = log.clone().into_os_string();
+    rotated.push(".1");
+    let rotated = std::path::PathBuf::from(rotated);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !rotated.exists() {
+        assert!(std::time::Instant::now() < deadline, "never rotated");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Checked every 0.1 s: the log stays near its cap (the process writes ~40 KB/s).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size < 4096 + 16 * 1024, "{size}");
+    t.node.terminate("chatty").await.unwrap();
+    assert!(
+        !log.exists() && !rotated.exists(),
+        "logs go with the deployment"
+    );
+}
