@@ -28,6 +28,22 @@ use super::{
 use crate::plan::Kind;
 use crate::supervision::{Decision, Ending, Escalation, RestartPolicy, Supervisor};
 
+/// A lifecycle step a parent takes its children through.
+#[derive(Clone, Copy)]
+enum Step {
+    Deploy,
+    Start,
+}
+
+impl Step {
+    async fn on(self, child: &ComponentRef, path: &str) -> Outcome {
+        match self {
+            Step::Deploy => child.deploy(path).await,
+            Step::Start => child.start(path).await,
+        }
+    }
+}
+
 /// One child as its parent sees it.
 struct Slot {
     /// Its plan index.
@@ -129,30 +145,12 @@ impl Container {
         let all: Vec<usize> = (0..self.slots.len()).collect();
         if self.concurrent() {
             for &pos in &all {
-                spawn(myself, deployment, &mut self.slots[pos]).await?;
-            }
-            let outcomes = join_all(all.iter().map(|&pos| {
-                let slot = &self.slots[pos];
-                let path = deployment.plan.components[slot.index].path_text();
-                let child = slot.child.clone();
-                async move {
-                    match child {
-                        Some(child) => child.deploy(&path).await,
-                        None => Ok(()),
-                    }
+                if let Err(failure) = spawn(myself, deployment, &mut self.slots[pos]).await {
+                    self.terminate_all().await;
+                    return Err(failure);
                 }
-            }))
-            .await;
-            if let Some(failure) = outcomes.iter().find_map(|o| o.clone().err()) {
-                for (pos, outcome) in outcomes.iter().enumerate() {
-                    if outcome.is_err() {
-                        self.slots[pos].child = None;
-                    }
-                }
-                self.terminate_all().await;
-                return Err(failure);
             }
-            return Ok(());
+            return self.all_at_once(deployment, Step::Deploy).await;
         }
         for pos in all {
             if let Err(failure) = deploy_one(myself, deployment, &mut self.slots[pos]).await {
@@ -186,26 +184,7 @@ impl Container {
                 run(myself, deployment, &mut self.slots[first]).await?;
             }
         } else if self.concurrent() {
-            let outcomes = join_all(self.slots.iter().map(|slot| {
-                let path = deployment.plan.components[slot.index].path_text();
-                let child = slot.child.clone();
-                async move {
-                    match child {
-                        Some(child) => child.start(&path).await,
-                        None => Ok(()),
-                    }
-                }
-            }))
-            .await;
-            if let Some(failure) = outcomes.iter().find_map(|o| o.clone().err()) {
-                for (pos, outcome) in outcomes.iter().enumerate() {
-                    if outcome.is_err() {
-                        self.slots[pos].child = None;
-                    }
-                }
-                self.terminate_all().await;
-                return Err(failure);
-            }
+            self.all_at_once(deployment, Step::Start).await?;
             for slot in &mut self.slots {
                 slot.running = slot.child.is_some();
             }
@@ -228,6 +207,33 @@ impl Container {
             self.ticker = Some(myself.send_interval(self.tick, || ComponentMsg::LivenessTick));
         }
         Ok(())
+    }
+
+    /// Takes every live child through `step` at once; if one fails, every child is
+    /// terminated and the first failure (in declaration order) is returned.
+    async fn all_at_once(&mut self, deployment: &Deployment, step: Step) -> Outcome {
+        let outcomes = join_all(self.slots.iter().map(|slot| {
+            let path = deployment.plan.components[slot.index].path_text();
+            let child = slot.child.clone();
+            async move {
+                match child {
+                    Some(child) => step.on(&child, &path).await,
+                    None => Ok(()),
+                }
+            }
+        }))
+        .await;
+        let Some(failure) = outcomes.iter().find_map(|o| o.clone().err()) else {
+            return Ok(());
+        };
+        // A child that failed has undone itself and stopped.
+        for (slot, outcome) in self.slots.iter_mut().zip(&outcomes) {
+            if outcome.is_err() {
+                slot.child = None;
+            }
+        }
+        self.terminate_all().await;
+        Err(failure)
     }
 
     /// Terminates every live child: in reverse order, one after the other (Parallel and Pool:

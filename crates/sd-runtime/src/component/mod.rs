@@ -14,6 +14,7 @@
 //!
 //! [`Supervisor`]: crate::supervision::Supervisor
 
+mod attributes;
 mod container;
 mod context;
 mod process;

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use ractor::ActorRef;
 use sd_drivers::process::{Exit, ProcessIdentity, ProcessSpec, RunningProcess, rotate_log};
-use sd_lang::{Component, Value};
+use sd_lang::Component;
 use sd_store::ProcessRecord;
 use tokio::sync::{mpsc, oneshot};
 
+use super::attributes::{environment, number, strings};
 use super::{ComponentMsg, Deployment};
 
 /// The environment variable that marks a domain's process with its agent's data dir; the
@@ -42,36 +43,9 @@ pub(crate) struct ProcessDomain {
     running: Option<(ProcessIdentity, mpsc::UnboundedSender<StopRequest>)>,
 }
 
-fn strings(component: &Component, attribute: &str) -> Vec<String> {
-    match component.get(attribute) {
-        Some(Value::Vector(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn number(component: &Component, attribute: &str) -> Option<f64> {
-    match component.get(attribute)? {
-        Value::Int(n) => Some(f64::from(*n)),
-        #[allow(clippy::cast_precision_loss)]
-        Value::Long(n) => Some(*n as f64),
-        Value::Float(x) => Some(f64::from(*x)),
-        Value::Double(x) => Some(*x),
-        _ => None,
-    }
-}
-
 impl ProcessDomain {
     pub fn new(description: &Component) -> ProcessDomain {
-        let env = strings(description, "env")
-            .into_iter()
-            .filter_map(|entry| {
-                let (name, value) = entry.split_once('=')?;
-                Some((name.to_string(), value.to_string()))
-            })
-            .collect();
+        let env = environment(description, "env");
         let stop_timeout = number(description, "sdStopTimeout")
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
             .unwrap_or(Duration::from_secs(10));

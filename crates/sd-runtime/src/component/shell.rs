@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ractor::RpcReplyPort;
-use sd_lang::{Component, Value};
+use sd_lang::Component;
+
+use super::attributes::{environment, strings};
 
 /// The longest a shell command may run.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
@@ -21,27 +23,11 @@ pub(crate) struct Shell {
     env: Vec<(String, String)>,
 }
 
-fn strings(component: &Component, attribute: &str) -> Vec<String> {
-    match component.get(attribute) {
-        Some(Value::Vector(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 impl Shell {
     pub fn new(description: &Component) -> Shell {
         Shell {
             interpreter: strings(description, "interpreter"),
-            env: strings(description, "env")
-                .into_iter()
-                .filter_map(|e| {
-                    let (k, v) = e.split_once('=')?;
-                    Some((k.to_string(), v.to_string()))
-                })
-                .collect(),
+            env: environment(description, "env"),
         }
     }
 
