@@ -244,17 +244,25 @@ impl RunningProcess {
         // group id, cannot be reused: the group can be killed safely.
         let _ = self.signal_group(Signal::KILL);
         let exit = match self.child.as_mut() {
-            Some(child) => match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    match (status.code(), status.signal()) {
-                        (Some(code), _) => Exit::Code(code),
-                        (None, Some(signal)) => Exit::Signal(signal),
-                        (None, None) => Exit::Unknown,
+            Some(child) => {
+                // The pidfd said it ended, so it can be reaped now: asking directly does not
+                // wait for the runtime's SIGCHLD handling to get round to it.
+                let status = match child.try_wait() {
+                    Ok(Some(status)) => Ok(status),
+                    _ => child.wait().await,
+                };
+                match status {
+                    Ok(status) => {
+                        use std::os::unix::process::ExitStatusExt;
+                        match (status.code(), status.signal()) {
+                            (Some(code), _) => Exit::Code(code),
+                            (None, Some(signal)) => Exit::Signal(signal),
+                            (None, None) => Exit::Unknown,
+                        }
                     }
+                    Err(_) => Exit::Unknown,
                 }
-                Err(_) => Exit::Unknown,
-            },
+            }
             None => Exit::Unknown,
         };
         self.exit = Some(exit);
