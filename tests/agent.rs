@@ -30,6 +30,8 @@ impl Agent {
     fn start(data_dir: &Path) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
             .args(["agent", "--name", "e2e", "--api-listen", "127.0.0.1:0"])
+            // These tests boot no VM: no accelerator probe.
+            .args(["--vm-accelerator", "tcg"])
             .arg("--data-dir")
             .arg(data_dir)
             .stdout(Stdio::piped())
@@ -440,6 +442,7 @@ fn a_second_agent_on_the_same_data_dir_or_port_exits_1() {
 
     let output = Command::new(env!("CARGO_BIN_EXE_sd"))
         .args(["agent", "--name", "other", "--api-listen", "127.0.0.1:0"])
+        .args(["--vm-accelerator", "tcg"])
         .arg("--data-dir")
         .arg(&data)
         .run();

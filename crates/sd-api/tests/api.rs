@@ -32,6 +32,7 @@ async fn fixture() -> Fixture {
     let node = Node::open(NodeConfig {
         name: "api-node".into(),
         data_dir: dir.path().to_path_buf(),
+        vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
     })
     .await
     .expect("node opens");

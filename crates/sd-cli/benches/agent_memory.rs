@@ -36,6 +36,8 @@ fn start(data_dir: &Path) -> Agent {
             "bench",
             "--api-listen",
             "127.0.0.1:0",
+            "--vm-accelerator",
+            "tcg",
             "--data-dir",
         ])
         .arg(data_dir)

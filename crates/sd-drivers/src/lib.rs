@@ -13,6 +13,7 @@
 //! removes it, and removal is idempotent (safe to repeat after a crash).
 
 pub mod process;
+pub mod qemu;
 pub mod storage;
 
 use std::path::PathBuf;
@@ -52,6 +53,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A QMP exchange with a VM failed.
+    #[error("QMP `{socket}`: {reason}")]
+    Qmp {
+        /// The VM's QMP socket.
+        socket: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A signal could not be sent.
     #[error("cannot signal process group {pgid}: {source}")]
     Signal {
@@ -59,6 +68,64 @@ pub enum Error {
         pgid: i32,
         /// Why.
         source: std::io::Error,
+    },
+    /// An external command (`qemu-img`, `losetup` ...) ended with a failure.
+    #[error("`{program} {}` failed ({status}): {stderr}", .args.join(" "))]
+    Command {
+        /// The program run.
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// What it wrote on stderr (trimmed).
+        stderr: String,
+    },
+    /// An external command succeeded but its output could not be understood.
+    #[error("unexpected output from `{program} {}`: {reason}", .args.join(" "))]
+    CommandOutput {
+        /// The program run.
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+        /// What was wrong with the output.
+        reason: String,
+    },
+    /// A disk cannot have the size asked for.
+    #[error("disk `{disk}` cannot have {size_mib} MiB: {reason}")]
+    DiskSize {
+        /// The disk (overlay or image).
+        disk: PathBuf,
+        /// The size asked for.
+        size_mib: u64,
+        /// Why not.
+        reason: String,
+    },
+    /// A loop device could not be detached because it is still open.
+    #[error(
+        "loop device `{device}` of `{image}` is still open: it is detached once closed (stop what uses it and clean up again)"
+    )]
+    LoopDeviceBusy {
+        /// The loop device.
+        device: PathBuf,
+        /// Its backing image.
+        image: PathBuf,
+    },
+    /// This host lacks what a backend needs (a kernel feature, a program).
+    #[error("{missing}: {backend} needs it")]
+    Unavailable {
+        /// The backend ("LVMStorageBackend").
+        backend: &'static str,
+        /// What is missing, and how that was seen.
+        missing: String,
+    },
+    /// A backend is not implemented in this build.
+    #[error("{backend} is not implemented: {reason}")]
+    Unimplemented {
+        /// The backend.
+        backend: &'static str,
+        /// Why, and what exists instead.
+        reason: &'static str,
     },
 }
 

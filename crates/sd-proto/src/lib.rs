@@ -195,6 +195,9 @@ pub struct NodeInfo {
     pub version: String,
     /// Its process id.
     pub pid: u32,
+    /// Its VM driver: `qemu: kvm (...)`, `qemu: tcg (why)`, or why it has none.
+    #[serde(default)]
+    pub vm_driver: String,
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ fn main() {
         let node = Node::open(NodeConfig {
             name: "bench".into(),
             data_dir: dir.path().to_path_buf(),
+            vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
         })
         .await
         .unwrap();

@@ -27,8 +27,10 @@ pub mod node;
 pub mod plan;
 mod records;
 pub mod supervision;
+mod vm_host;
 
 pub use node::{Node, NodeConfig};
+pub use sd_drivers::qemu::Accelerator;
 
 /// What went wrong in the runtime. The messages name the deployment, component and attribute.
 #[derive(Debug, thiserror::Error)]

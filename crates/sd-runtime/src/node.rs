@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub name: String,
     /// Where its state, logs and working directories live.
     pub data_dir: PathBuf,
+    /// The accelerator VMs with `accelerator "auto"` use: `None` probes it (in the
+    /// background, at start; recorded in the data dir for the next start).
+    pub vm_accelerator: Option<sd_drivers::qemu::Accelerator>,
 }
 
 /// A deployment this node holds actors for.
@@ -151,7 +154,15 @@ impl Node {
             data_dir: config.data_dir.clone(),
             records,
             properties,
+            vm_host: crate::vm_host::VmHost::new(&config.data_dir, config.vm_accelerator),
         });
+        if config.vm_accelerator.is_none() {
+            // Known before the first VM needs it, and published in the node's metadata.
+            let services = Arc::clone(&services);
+            tokio::spawn(async move {
+                let _ = services.vm_host.probe().await;
+            });
+        }
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -176,6 +187,7 @@ impl Node {
             generation: self.inner.generation,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
+            vm_driver: self.inner.services.vm_host.describe(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sd_runtime::{Node, NodeConfig};
+use sd_runtime::{Accelerator, Node, NodeConfig};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,13 +29,18 @@ pub struct AgentArgs {
     /// Where the node keeps its state, logs and working directories (config key `data_dir`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// A TOML file with the keys `name`, `data_dir` and `api_listen`.
+    /// A TOML file with the keys `name`, `data_dir`, `api_listen` and `vm_accelerator`.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The address the API listens on; port 0 picks a free port [config key `api_listen`;
     /// default 127.0.0.1:4680].
     #[arg(long, value_name = "ADDR")]
     pub api_listen: Option<String>,
+    /// The accelerator of VMs that say `accelerator "auto"`: `auto` probes whether KVM boots a
+    /// guest here (once; the result is kept in the data dir), `kvm` or `tcg` skip the probe
+    /// [config key `vm_accelerator`; default auto].
+    #[arg(long, value_name = "auto|kvm|tcg")]
+    pub vm_accelerator: Option<String>,
 }
 
 /// The config file.
@@ -45,6 +50,7 @@ struct AgentConfig {
     name: Option<String>,
     data_dir: Option<PathBuf>,
     api_listen: Option<String>,
+    vm_accelerator: Option<String>,
 }
 
 /// The settings once flags and config file are merged.
@@ -53,6 +59,7 @@ struct Settings {
     name: String,
     data_dir: PathBuf,
     api_listen: String,
+    vm_accelerator: Option<Accelerator>,
 }
 
 fn read_config(path: &Path) -> Result<AgentConfig, String> {
@@ -90,10 +97,26 @@ fn settings(args: &AgentArgs) -> Result<Settings, String> {
         .clone()
         .or(config.api_listen)
         .unwrap_or_else(|| DEFAULT_API_LISTEN.to_string());
+    let vm_accelerator = match args
+        .vm_accelerator
+        .clone()
+        .or(config.vm_accelerator)
+        .as_deref()
+    {
+        None | Some("auto") => None,
+        Some("kvm") => Some(Accelerator::Kvm),
+        Some("tcg") => Some(Accelerator::Tcg),
+        Some(other) => {
+            return Err(format!(
+                "--vm-accelerator (or `vm_accelerator`) is \"{other}\": use auto, kvm or tcg"
+            ));
+        }
+    };
     Ok(Settings {
         name,
         data_dir,
         api_listen,
+        vm_accelerator,
     })
 }
 
@@ -151,6 +174,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         name,
         data_dir,
         api_listen,
+        vm_accelerator,
     } = settings;
     // Before anything starts, so that a signal sent as soon as the agent is up is not lost.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -158,6 +182,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let node = Node::open(NodeConfig {
         name: name.clone(),
         data_dir: data_dir.clone(),
+        vm_accelerator,
     })
     .await
     .with_context(|| format!("cannot open node {name} on `{}`", data_dir.display()))?;
@@ -203,7 +228,25 @@ mod tests {
             data_dir: data_dir.map(PathBuf::from),
             config,
             api_listen: None,
+            vm_accelerator: None,
         }
+    }
+
+    #[test]
+    fn the_vm_accelerator_is_auto_kvm_or_tcg() {
+        let mut flags = args(Some("n"), Some("/d"), None);
+        assert_eq!(settings(&flags).unwrap().vm_accelerator, None);
+        flags.vm_accelerator = Some("tcg".into());
+        assert_eq!(
+            settings(&flags).unwrap().vm_accelerator,
+            Some(Accelerator::Tcg)
+        );
+        flags.vm_accelerator = Some("fast".into());
+        assert!(
+            settings(&flags)
+                .unwrap_err()
+                .contains("use auto, kvm or tcg")
+        );
     }
 
     #[test]

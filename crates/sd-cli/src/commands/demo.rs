@@ -114,6 +114,8 @@ impl Demo {
             .args(["agent", "--name", "demo", "--data-dir"])
             .arg(&self.dir)
             .args(["--api-listen", "127.0.0.1:0"])
+            // The demo boots no VM: no accelerator probe.
+            .args(["--vm-accelerator", "tcg"])
             .stdin(Stdio::null())
             .stdout(output.try_clone().map_err(text)?)
             .stderr(output)

@@ -27,6 +27,8 @@ pub(crate) struct Services {
     pub records: Records,
     /// What `PROPERTY` / `ENVPROPERTY` read when a LAZY reference is bound at run time.
     pub properties: Properties,
+    /// What the node offers virtual machines.
+    pub vm_host: crate::vm_host::VmHost,
 }
 
 /// A live component as the registry holds it.
@@ -36,6 +38,8 @@ struct Published {
     incarnation: u64,
     /// A storage backend's prepared directory.
     work_dir: Option<PathBuf>,
+    /// A storage backend's prepared disk.
+    disk: Option<sd_drivers::qemu::Disk>,
 }
 
 /// One deployment's shared state.
@@ -167,6 +171,7 @@ impl Deployment {
                 actor,
                 incarnation,
                 work_dir: None,
+                disk: None,
             },
         );
         // A new incarnation takes its predecessor's place (and count), whose own
@@ -194,6 +199,18 @@ impl Deployment {
         if let Some(published) = self.registry().get_mut(&index) {
             published.work_dir = dir;
         }
+    }
+
+    /// Publishes a storage backend's disk for the VMs that use it.
+    pub fn publish_disk(&self, index: usize, disk: Option<sd_drivers::qemu::Disk>) {
+        if let Some(published) = self.registry().get_mut(&index) {
+            published.disk = disk;
+        }
+    }
+
+    /// The disk the storage backend at `index` prepared.
+    pub fn disk_of(&self, index: usize) -> Option<sd_drivers::qemu::Disk> {
+        self.registry().get(&index)?.disk.clone()
     }
 
     /// The component at `index` and its incarnation, if it is live.

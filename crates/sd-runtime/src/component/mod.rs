@@ -17,9 +17,10 @@
 mod attributes;
 mod container;
 mod context;
-mod process;
+mod domain;
 mod shell;
 mod storage;
+mod vm;
 
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use sd_proto::ComponentState;
 use tokio::sync::mpsc;
 
 pub(crate) use context::{Deployment, Services, deployment_dir};
-pub(crate) use process::DATA_DIR_MARKER;
+pub(crate) use domain::DATA_DIR_MARKER;
 
 use crate::plan::Kind;
 use crate::supervision::Ending;
@@ -206,8 +207,8 @@ pub(crate) struct Args {
 /// What a kind of component does in each phase.
 enum Work {
     Container(container::Container),
-    Process(process::ProcessDomain),
-    Dir(storage::DirStorage),
+    Domain(domain::Domain),
+    Storage(storage::Storage),
     Shell(shell::Shell),
     /// Prim and Scheduler: nothing to run of their own.
     Plain,
@@ -237,13 +238,6 @@ impl State {
                 record.started_unix_ms = Some(sd_store::unix_ms_now());
             }
         });
-    }
-
-    fn failure(&self, reason: impl Into<String>) -> Failure {
-        Failure {
-            path: self.path.clone(),
-            reason: reason.into(),
-        }
     }
 
     /// Ends this component on its own: reports to the parent and stops the actor. The work
@@ -300,8 +294,12 @@ impl Actor for ComponentActor {
                 args.index,
                 description,
             )),
-            Kind::ProcessDomain => Work::Process(process::ProcessDomain::new(description)),
-            Kind::DirStorageBackend => Work::Dir(storage::DirStorage::new()),
+            Kind::ProcessDomain => Work::Domain(domain::Domain::new(description, false)),
+            Kind::QemuDomain => Work::Domain(domain::Domain::new(description, true)),
+            Kind::DirStorageBackend
+            | Kind::QcowStorageBackend
+            | Kind::LoopbackStorageBackend
+            | Kind::LvmStorageBackend => Work::Storage(storage::Storage::new(planned.kind)),
             Kind::Shell => Work::Shell(shell::Shell::new(description)),
             _ => Work::Plain,
         };
@@ -388,8 +386,8 @@ impl Actor for ComponentActor {
             ComponentMsg::Ping(reply) => {
                 let answer = match &mut state.work {
                     _ if state.finished => Err("it has ended".to_string()),
-                    Work::Process(domain) => domain.ping(),
-                    Work::Dir(dir) => dir.ping(),
+                    Work::Domain(domain) => domain.ping().await,
+                    Work::Storage(storage) => storage.ping(),
                     _ => Ok(()),
                 };
                 let _ = reply.send(answer);
@@ -404,7 +402,7 @@ impl Actor for ComponentActor {
                 if state.finished {
                     return Ok(());
                 }
-                if let Work::Process(domain) = &mut state.work {
+                if let Work::Domain(domain) = &mut state.work {
                     let reason = domain.ended(exit, &state.deployment, state.index).await;
                     let ending = if reason.is_none() {
                         Ending::Normal
@@ -491,28 +489,16 @@ async fn deploy(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
                 .deploy(myself, &state.deployment, state.index)
                 .await
         }
-        Work::Process(domain) => domain
+        Work::Domain(domain) => domain
             .deploy(&state.deployment, state.index)
             .await
             .map_err(failure),
-        Work::Dir(dir) => dir
+        Work::Storage(storage) => storage
             .deploy(&state.deployment, state.index)
             .await
             .map_err(failure),
         Work::Shell(shell) => shell.check().map_err(failure),
-        Work::Plain => {
-            let kind = state.deployment.plan.components[state.index].kind;
-            match kind {
-                Kind::QemuDomain
-                | Kind::QcowStorageBackend
-                | Kind::LoopbackStorageBackend
-                | Kind::LvmStorageBackend => Err(state.failure(format!(
-                    "{kind:?} is not available on node \"{}\": this node has no qemu driver and no disk-image backends",
-                    state.deployment.services.node
-                ))),
-                _ => Ok(()),
-            }
-        }
+        Work::Plain => Ok(()),
     }
 }
 
@@ -520,7 +506,7 @@ async fn start(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
     let path = state.path.clone();
     match &mut state.work {
         Work::Container(container) => container.start(myself, &state.deployment).await,
-        Work::Process(domain) => domain
+        Work::Domain(domain) => domain
             .start(myself, &state.deployment, state.index)
             .await
             .map_err(|reason| Failure { path, reason }),
@@ -536,12 +522,12 @@ async fn terminate(state: &mut State, reply: RpcReplyPort<()>) -> Option<RpcRepl
                 .terminate(&state.deployment, state.index, reply)
                 .await
         }
-        Work::Process(domain) => {
+        Work::Domain(domain) => {
             domain.terminate(&state.deployment, state.index).await;
             Some(reply)
         }
-        Work::Dir(dir) => {
-            dir.terminate(&state.deployment, state.index).await;
+        Work::Storage(storage) => {
+            storage.terminate(&state.deployment, state.index).await;
             Some(reply)
         }
         Work::Shell(_) | Work::Plain => Some(reply),

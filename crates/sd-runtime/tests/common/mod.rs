@@ -22,6 +22,7 @@ impl TestNode {
         let node = Node::open(NodeConfig {
             name: "test-node".into(),
             data_dir: dir.path().to_path_buf(),
+            vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
         })
         .await
         .expect("node opens");

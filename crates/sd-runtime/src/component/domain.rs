@@ -1,6 +1,9 @@
-//! Process domains: a supervised process in its own process group.
+//! Domains: a supervised process in its own process group, which for a QEMU domain is the
+//! VMM (see `vm.rs` for what is particular to VMs: the command line, readiness, QMP).
 //!
-//! Deploy finds the working directory (its storage backend's, or a private one made here),
+//! Deploy finds the working directory (its storage backend's, or a private one made here;
+//! a VM always gets a private run directory for its QMP socket, and its disk from its
+//! storage backend),
 //! start spawns the process (or, when recovering, re-adopts the one the previous agent
 //! started, by pid and start time) and records its identity durably before it reports
 //! running. A watcher task waits on the process (pidfd: the exit is seen at once) and tells
@@ -17,6 +20,7 @@ use sd_store::ProcessRecord;
 use tokio::sync::{mpsc, oneshot};
 
 use super::attributes::{environment, number, strings};
+use super::vm::Vm;
 use super::{ComponentMsg, Deployment};
 
 /// The environment variable that marks a domain's process with its agent's data dir; the
@@ -29,8 +33,12 @@ struct StopRequest {
     done: oneshot::Sender<Exit>,
 }
 
-/// A process domain's own state.
-pub(crate) struct ProcessDomain {
+/// A domain's own state.
+pub(crate) struct Domain {
+    /// What makes it a VM, for a QEMU domain.
+    vm: Option<Vm>,
+    /// Where this start's output begins in the log (readiness looks only after it).
+    log_offset: u64,
     command: Vec<String>,
     env: Vec<(String, String)>,
     stop_timeout: Duration,
@@ -43,8 +51,8 @@ pub(crate) struct ProcessDomain {
     running: Option<(ProcessIdentity, mpsc::UnboundedSender<StopRequest>)>,
 }
 
-impl ProcessDomain {
-    pub fn new(description: &Component) -> ProcessDomain {
+impl Domain {
+    pub fn new(description: &Component, vm: bool) -> Domain {
         let env = environment(description, "env");
         let stop_timeout = number(description, "sdStopTimeout")
             .and_then(|s| Duration::try_from_secs_f64(s).ok())
@@ -53,7 +61,9 @@ impl ProcessDomain {
         let log_max_bytes = number(description, "logMaxBytes")
             .filter(|n| *n > 0.0)
             .map_or(8 << 20, |n| n as u64);
-        ProcessDomain {
+        Domain {
+            vm: vm.then(|| Vm::new(description)),
+            log_offset: 0,
             command: strings(description, "command"),
             env,
             stop_timeout,
@@ -66,6 +76,32 @@ impl ProcessDomain {
     }
 
     pub async fn deploy(&mut self, deployment: &Deployment, index: usize) -> Result<(), String> {
+        let log = deployment.log_path(index);
+        if let Some(vm) = &mut self.vm {
+            let disk = match deployment.bind_component(index, "storageBackend")? {
+                Some(backend) => Some(deployment.disk_of(backend).ok_or_else(|| {
+                    format!(
+                        "its storage backend `{}` has no disk ready (it must be a Qcow or Loopback backend deployed before this domain)",
+                        deployment.plan.components[backend].path_text()
+                    )
+                })?),
+                None => None,
+            };
+            let run_dir = deployment.component_dir("run", index);
+            std::fs::create_dir_all(&run_dir)
+                .map_err(|e| format!("cannot create `{}`: {e}", run_dir.display()))?;
+            self.private_dir = Some(run_dir.clone());
+            match vm.command(deployment, index, &run_dir, disk, &log).await {
+                Ok(command) => self.command = command,
+                Err(reason) => {
+                    self.remove_private_dir();
+                    return Err(reason);
+                }
+            }
+            self.cwd = Some(run_dir);
+            self.log = Some(log);
+            return Ok(());
+        }
         let cwd = match deployment.bind_component(index, "storageBackend")? {
             Some(backend) => deployment.work_dir_of(backend).ok_or_else(|| {
                 format!(
@@ -83,7 +119,7 @@ impl ProcessDomain {
             }
         };
         self.cwd = Some(cwd);
-        self.log = Some(deployment.log_path(index));
+        self.log = Some(log);
         Ok(())
     }
 
@@ -132,6 +168,7 @@ impl ProcessDomain {
                     cwd: self.cwd.clone().unwrap_or_default(),
                     log: self.log.clone().unwrap_or_default(),
                 };
+                self.log_offset = std::fs::metadata(&spec.log).map_or(0, |m| m.len());
                 (
                     RunningProcess::spawn(&spec).map_err(|e| e.to_string())?,
                     false,
@@ -152,6 +189,28 @@ impl ProcessDomain {
         if let Err(error) = deployment.services.records.flush().await {
             self.stop().await;
             return Err(error.to_string());
+        }
+        if let (Some(vm), false) = (&self.vm, adopted) {
+            let log = self.log.clone().unwrap_or_default();
+            let ready = vm
+                .wait_ready(&log, self.log_offset, || identity.is_running())
+                .await;
+            match ready {
+                Ok(took) => deployment.services.records.note(
+                    &deployment.name,
+                    &deployment.plan.components[index].path_text(),
+                    "ready",
+                    format!(
+                        "guest ready {:.2} s after the VMM started",
+                        took.as_secs_f64()
+                    ),
+                ),
+                Err(reason) => {
+                    self.stop().await;
+                    self.remove_private_dir();
+                    return Err(reason);
+                }
+            }
         }
         if adopted {
             deployment.services.records.note(
@@ -185,28 +244,38 @@ impl ProcessDomain {
         }
     }
 
-    pub fn ping(&self) -> Result<(), String> {
+    pub async fn ping(&self) -> Result<(), String> {
         if let Some(log) = &self.log {
             // A log that cannot be rotated is not a dead workload.
             let _ = rotate_log(log, self.log_max_bytes);
         }
         match &self.running {
-            Some((identity, _)) if identity.is_running() => Ok(()),
-            Some((identity, _)) => Err(format!("process {} is not running", identity.pid)),
-            None => Err("no process runs".into()),
+            Some((identity, _)) if identity.is_running() => {}
+            Some((identity, _)) => return Err(format!("process {} is not running", identity.pid)),
+            None => return Err("no process runs".into()),
+        }
+        match &self.vm {
+            Some(vm) => vm.check_running().await,
+            None => Ok(()),
         }
     }
 
+    /// Stops the workload: a VM is asked to power off and given `sdStopTimeout` to do so;
+    /// then (for a process, at once) SIGTERM, and SIGKILL after the timeout.
     async fn stop(&mut self) {
+        let mut grace = self.stop_timeout;
+        if let (Some(vm), Some((identity, _))) = (&self.vm, &self.running) {
+            vm.power_down().await;
+            let deadline = tokio::time::Instant::now() + self.stop_timeout;
+            while identity.is_running() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // QEMU quits cleanly on SIGTERM.
+            grace = Duration::from_secs(2);
+        }
         if let Some((_, stop)) = self.running.take() {
             let (done, exited) = oneshot::channel();
-            if stop
-                .send(StopRequest {
-                    grace: self.stop_timeout,
-                    done,
-                })
-                .is_ok()
-            {
+            if stop.send(StopRequest { grace, done }).is_ok() {
                 let _ = exited.await;
             }
         }
