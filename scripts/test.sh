@@ -4,18 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages the tests need, as "command:package" pairs. The description language
-# needs none; later layers (QEMU, Chromium ...) add theirs here.
-needed=()
-missing=()
-for pair in "${needed[@]+"${needed[@]}"}"; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
+# System packages the tests need. QEMU comes from bookworm-backports so that it matches the
+# qemu-utils (qemu-img) this machine kind ships; installing Debian's older qemu-system-x86
+# alone would remove that qemu-img (see ../shared/DESIGN.md).
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v losetup >/dev/null 2>&1; then
+  echo "== installing qemu-system-x86 and qemu-utils (bookworm-backports)"
+  if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" \
+      >/etc/apt/sources.list.d/sd-backports.list
+  fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+    qemu-system-x86 qemu-utils mount >/dev/null
 fi
+
+# The test guest the VM tests boot (kernel, busybox initramfs, disk); a no-op when current.
+echo "== test guest"
+export SD_GUEST_DIR=${SD_GUEST_DIR:-/var/lib/sd/guest}
+scripts/build-guest.sh "$SD_GUEST_DIR"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

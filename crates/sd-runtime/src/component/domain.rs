@@ -233,6 +233,17 @@ impl Domain {
         self.running = None;
         deployment.record(index, |record| record.process = None);
         self.remove_private_dir();
+        if self.vm.is_some() {
+            // A VM runs until it is terminated: a guest that panics, reboots (-no-reboot) or
+            // powers off ends its VMM with code 0 as well, and its strategy decides.
+            return Some(match exit {
+                Exit::Code(0) => {
+                    "the VM stopped by itself (the guest crashed, rebooted or powered off)".into()
+                }
+                Exit::Unknown => "the VM ended while the agent was not watching it".into(),
+                other => format!("the VMM {other}"),
+            });
+        }
         if exit.is_success() {
             None
         } else if exit == Exit::Unknown {

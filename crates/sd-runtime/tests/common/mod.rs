@@ -74,7 +74,17 @@ impl TestNode {
         name: &str,
         check: impl Fn(&DeploymentStatus) -> bool,
     ) -> DeploymentStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_within(name, Duration::from_secs(20), check).await
+    }
+
+    /// Waits (up to `limit`) until the deployment's status passes `check`.
+    pub async fn wait_within(
+        &self,
+        name: &str,
+        limit: Duration,
+        check: impl Fn(&DeploymentStatus) -> bool,
+    ) -> DeploymentStatus {
+        let deadline = Instant::now() + limit;
         loop {
             let status = self.node.status(name).expect("deployment exists");
             if check(&status) {
