@@ -319,6 +319,23 @@ pub async fn wait_ready(
     }
 }
 
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo` ("cpu MHz"). A microvm guest under
+/// TCG has no other clock to calibrate its TSC against (no PIT, HPET or ACPI PM timer) and
+/// hangs in early boot on a busy host; `tsc_early_khz=` on its command line avoids that.
+pub fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some((mhz * 1000.0) as u64)
+}
+
 /// Whether `binary` can be run (found on PATH or at its path).
 pub fn find_binary(binary: &Path) -> Option<PathBuf> {
     if binary.components().count() > 1 {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sd_drivers::qemu::qmp::Qmp;
 use sd_drivers::qemu::{
-    Accelerator, Disk, Machine, PortForward, QEMU_BINARY, QemuSpec, Readiness, wait_ready,
+    Accelerator, Disk, Machine, PortForward, QEMU_BINARY, QemuSpec, Readiness, host_tsc_khz,
+    wait_ready,
 };
 use sd_lang::{Component, Value};
 
@@ -118,7 +119,14 @@ impl Vm {
             name => name,
         };
         let mut cmdline = text(d, "cmdline");
-        cmdline.push_str(&format!(" panic=-1 sd.hostname={hostname}"));
+        cmdline.push_str(" panic=-1");
+        if machine == Machine::Microvm
+            && !cmdline.contains("tsc_early_khz=")
+            && let Some(khz) = host_tsc_khz()
+        {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        cmdline.push_str(&format!(" sd.hostname={hostname}"));
         let ip = text(d, "ip");
         if !ip.is_empty() {
             cmdline.push_str(&format!(" sd.ip={ip}"));
