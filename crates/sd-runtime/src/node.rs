@@ -466,6 +466,13 @@ impl Node {
             })
     }
 
+    /// The VM driver's state once the accelerator is known (waits for the probe): what the
+    /// agent reports at start.
+    pub async fn vm_driver(&self) -> String {
+        let _ = self.inner.services.vm_host.probe().await;
+        self.inner.services.vm_host.describe()
+    }
+
     /// Lifecycle events from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.records().subscribe()

@@ -308,3 +308,45 @@ async fn figure_1_deploys_three_vms_and_terminates_cleanly() {
     assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
     assert_eq!(loop_devices_of(t.data_dir()), "", "no loop device left");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_vm_pool_boots_again_a_vm_whose_vmm_is_killed() {
+    guest_dir();
+    let t = TestNode::new().await;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/examples/vm-pool.sf"),
+    )
+    .unwrap();
+    t.node
+        .deploy(sd_proto::DeployRequest {
+            name: "pool".into(),
+            description: text,
+            source: "vm-pool.sf".into(),
+        })
+        .await
+        .unwrap();
+    let status = t
+        .wait_within("pool", BOOT_LIMIT, |s| {
+            !matches!(s.deployment.state, DeploymentState::Deploying)
+        })
+        .await;
+    assert_eq!(
+        status.deployment.state,
+        DeploymentState::Running,
+        "{}",
+        t.timeline()
+    );
+    let killed = pid(&status, "sfConfig:vms:r2:vm");
+    let kept = pid(&status, "sfConfig:vms:r1:vm");
+    common::kill(killed);
+    let status = t
+        .wait_within("pool", BOOT_LIMIT, |s| {
+            let vm = component(s, "sfConfig:vms:r2:vm");
+            vm.restarts == 1 && vm.state == ComponentState::Running
+        })
+        .await;
+    assert_eq!(pid(&status, "sfConfig:vms:r1:vm"), kept, "one_for_one");
+    t.node.terminate("pool").await.unwrap();
+    assert!(!alive(kept));
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+}

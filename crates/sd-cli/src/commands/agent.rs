@@ -199,6 +199,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "sd agent {name}: api on http://{address}, data in {}",
             data_dir.display()
         ));
+        // A node without QEMU says so at once; with QEMU, once the accelerator is probed.
+        let prober = node.clone();
+        let node_name = name.clone();
+        tokio::spawn(async move {
+            say(&format!(
+                "sd agent {node_name}: vm driver {}",
+                prober.vm_driver().await
+            ));
+        });
         let stop = async move {
             tokio::select! {
                 _ = terminate.recv() => {}
