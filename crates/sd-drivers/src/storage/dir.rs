@@ -27,7 +27,7 @@
 //! streamed, never held in memory, and no size is limited.
 
 use std::cell::Cell;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -36,6 +36,12 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::files::{
+    create_parents, partial_file_name, publish_image, remove_partial_leftovers,
+    remove_staging_leftovers, rename_no_replace, staging_path,
+};
+#[cfg(test)]
+use super::files::{is_staging_leftover, partial_file_pid, process_is_gone};
 use crate::{Error, Result, io_error};
 
 /// The zstd level of saved images: fast, and most of the gain of the higher levels.
@@ -135,7 +141,7 @@ pub fn prepare(spec: &DirSpec) -> Result<PreparedDir> {
 /// nothing is lost and cleanup can be retried) or the directory cannot be removed.
 pub fn cleanup(spec: &DirSpec) -> Result<Option<PathBuf>> {
     let work_dir = &spec.work_dir;
-    remove_staging_leftovers(work_dir)?;
+    remove_staging_leftovers(work_dir, remove_tree)?;
     let metadata = match fs::symlink_metadata(work_dir) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -213,91 +219,6 @@ fn archive_kind(path: &Path) -> Option<ArchiveKind> {
     } else {
         None
     }
-}
-
-/// `<work_dir>.preparing-<pid>`: where a working directory is built before it gets its name.
-fn staging_path(work_dir: &Path, pid: u32) -> Result<PathBuf> {
-    let Some(name) = work_dir.file_name() else {
-        return Err(Error::Io {
-            action: "cannot prepare",
-            path: work_dir.to_path_buf(),
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a working directory needs a name of its own",
-            ),
-        });
-    };
-    let mut staging_name = name.to_os_string();
-    staging_name.push(format!(".preparing-{pid}"));
-    Ok(work_dir.with_file_name(staging_name))
-}
-
-/// Whether `candidate` (a sibling's file name) is `<work_name>.preparing-<pid>`.
-fn is_staging_leftover(work_name: &OsStr, candidate: &OsStr) -> bool {
-    let (Some(work_name), Some(candidate)) = (work_name.to_str(), candidate.to_str()) else {
-        return false;
-    };
-    candidate
-        .strip_prefix(work_name)
-        .and_then(|rest| rest.strip_prefix(".preparing-"))
-        .is_some_and(is_decimal)
-}
-
-fn is_decimal(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit())
-}
-
-/// Removes every `<work_dir>.preparing-<pid>` sibling.
-fn remove_staging_leftovers(work_dir: &Path) -> Result<()> {
-    let (Some(work_name), Some(parent)) = (work_dir.file_name(), work_dir.parent()) else {
-        return Ok(());
-    };
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
-    let entries = match fs::read_dir(parent) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(io_error("cannot list", parent)(error)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_error("cannot list", parent))?;
-        if is_staging_leftover(work_name, &entry.file_name()) {
-            let leftover = entry.path();
-            remove_tree(&leftover).map_err(io_error("cannot remove", &leftover))?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates the missing ancestors of `dir`, returning those it created, outermost first.
-fn create_parents(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut missing = Vec::new();
-    let mut ancestor = dir.parent();
-    while let Some(path) = ancestor {
-        if path.as_os_str().is_empty() || fs::symlink_metadata(path).is_ok() {
-            break;
-        }
-        missing.push(path.to_path_buf());
-        ancestor = path.parent();
-    }
-    missing.reverse();
-    let mut created = Vec::new();
-    for path in missing {
-        match fs::create_dir(&path) {
-            Ok(()) => created.push(path),
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(error) => {
-                for done in created.iter().rev() {
-                    let _ = fs::remove_dir(done);
-                }
-                return Err(io_error("cannot create", &path)(error));
-            }
-        }
-    }
-    Ok(created)
 }
 
 /// Fills `staging` from `base`, then renames it to `work_dir`.
@@ -771,96 +692,9 @@ fn make_directories_writable(root: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing anything at `to`.
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    use rustix::fs::{CWD, RenameFlags};
-    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        // A file system without RENAME_NOREPLACE: check, then rename (racy, but only there).
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
-            if fs::symlink_metadata(to).is_ok() {
-                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-            }
-            fs::rename(from, to)
-        }
-        Err(errno) => Err(errno.into()),
-    }
-}
-
-/// Replaces the characters of `name` that do not belong in a file name; never empty.
-fn sanitized_name(name: &str) -> String {
-    let sanitized: String = name
-        .chars()
-        .map(|character| {
-            if character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-') {
-                character
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let sanitized = sanitized.trim_start_matches('.');
-    if sanitized.is_empty() {
-        "domain".to_string()
-    } else {
-        sanitized.to_string()
-    }
-}
-
-/// `<name>-<seconds>.tar.zst` (or `.tar`); `<name>-<seconds>.<attempt>.tar.zst` after a clash.
-fn image_file_name(name: &str, unix_seconds: u64, compress: bool, attempt: u32) -> String {
-    let extension = if compress { "tar.zst" } else { "tar" };
-    let name = sanitized_name(name);
-    if attempt == 0 {
-        format!("{name}-{unix_seconds}.{extension}")
-    } else {
-        format!("{name}-{unix_seconds}.{attempt}.{extension}")
-    }
-}
-
-/// `.<name>.partial-<pid>-<sequence>`: where an image is written before it gets its name.
-fn partial_file_name(name: &str, pid: u32, sequence: u64) -> String {
-    format!(".{}.partial-{pid}-{sequence}", sanitized_name(name))
-}
-
-/// The pid in `candidate` if it is a partial image of `name` (see [`partial_file_name`]).
-fn partial_file_pid(name: &str, candidate: &OsStr) -> Option<u32> {
-    let rest = candidate
-        .to_str()?
-        .strip_prefix('.')?
-        .strip_prefix(sanitized_name(name).as_str())?;
-    let (pid, sequence) = rest.strip_prefix(".partial-")?.split_once('-')?;
-    if !is_decimal(pid) || !is_decimal(sequence) {
-        return None;
-    }
-    pid.parse().ok()
-}
-
-/// Whether the process `pid` is certainly gone.
-fn process_is_gone(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
-}
-
-/// Removes the partial images of `name` in `save_dir` left by processes that are gone.
-fn remove_partial_leftovers(save_dir: &Path, name: &str) -> Result<()> {
-    let entries = fs::read_dir(save_dir).map_err(io_error("cannot list", save_dir))?;
-    for entry in entries {
-        let entry = entry.map_err(io_error("cannot list", save_dir))?;
-        let Some(pid) = partial_file_pid(name, &entry.file_name()) else {
-            continue;
-        };
-        if process_is_gone(pid) {
-            let leftover = entry.path();
-            remove_tree(&leftover).map_err(io_error("cannot remove", &leftover))?;
-        }
-    }
-    Ok(())
+/// The extension of a saved image: `tar.zst`, or `tar` uncompressed.
+fn archive_extension(compress: bool) -> &'static str {
+    if compress { "tar.zst" } else { "tar" }
 }
 
 /// Archives `spec.work_dir` into `spec.save_dir`, returning the image's path.
@@ -868,7 +702,7 @@ fn save_image(spec: &DirSpec) -> Result<PathBuf> {
     let save_dir = &spec.save_dir;
     fs::create_dir_all(save_dir).map_err(io_error("cannot create", save_dir))?;
     refuse_save_inside(&spec.work_dir, save_dir)?;
-    remove_partial_leftovers(save_dir, &spec.name)?;
+    remove_partial_leftovers(save_dir, &spec.name, remove_tree)?;
 
     let sequence = SAVE_SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let partial = save_dir.join(partial_file_name(&spec.name, std::process::id(), sequence));
@@ -881,7 +715,7 @@ fn save_image(spec: &DirSpec) -> Result<PathBuf> {
             save_dir,
             &spec.name,
             unix_seconds,
-            spec.compress_image,
+            archive_extension(spec.compress_image),
         )
     });
     if outcome.is_err() {
@@ -1015,36 +849,21 @@ fn append_entry<W: Write>(
     Ok(false)
 }
 
-/// Renames the complete image `partial` to its final name in `save_dir`, never replacing an
-/// existing image, and syncs the directory (best effort).
-fn publish_image(
-    partial: &Path,
-    save_dir: &Path,
-    name: &str,
-    unix_seconds: u64,
-    compress: bool,
-) -> Result<PathBuf> {
-    let mut attempt = 0;
-    loop {
-        let image = save_dir.join(image_file_name(name, unix_seconds, compress, attempt));
-        match rename_no_replace(partial, &image) {
-            Ok(()) => {
-                if let Ok(directory) = File::open(save_dir) {
-                    let _ = directory.sync_all();
-                }
-                return Ok(image);
-            }
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => {
-                attempt += 1
-            }
-            Err(error) => return Err(io_error("cannot save the image as", image)(error)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
     use super::*;
+
+    /// `<name>-<seconds>.tar.zst` (or `.tar`); `<name>-<seconds>.<attempt>.tar.zst` after a clash.
+    fn image_file_name(name: &str, unix_seconds: u64, compress: bool, attempt: u32) -> String {
+        super::super::files::image_file_name(
+            name,
+            unix_seconds,
+            archive_extension(compress),
+            attempt,
+        )
+    }
 
     #[test]
     fn entry_destination_keeps_relative_paths() {

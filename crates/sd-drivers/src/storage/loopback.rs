@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use super::files;
 use super::image::{self, ImageFormat};
 use super::{run, shown_args};
 use crate::{Error, Result, io_error};
@@ -87,8 +88,8 @@ pub struct PreparedLoopback {
 /// or `losetup` fails.
 pub fn prepare(spec: &LoopbackSpec) -> Result<PreparedLoopback> {
     let image_path = &spec.image;
-    image::refuse_existing(image_path)?;
-    let staging = image::staging_path(image_path, std::process::id())?;
+    files::refuse_existing(image_path)?;
+    let staging = files::staging_path(image_path, std::process::id())?;
     let base = image::uncompressed_base(&spec.base, &spec.image_cache)?;
     let base_info = image::info(&base)?;
     let size = image::disk_size(
@@ -100,18 +101,18 @@ pub fn prepare(spec: &LoopbackSpec) -> Result<PreparedLoopback> {
     .unwrap_or(base_info.virtual_size);
 
     // A leftover of an earlier run of a process that had our pid: it cannot be in use.
-    image::remove_file_if_exists(&staging).map_err(io_error("cannot remove", &staging))?;
-    let created_parents = image::create_parents(image_path)?;
+    files::remove_file_if_exists(&staging).map_err(io_error("cannot remove", &staging))?;
+    let created_parents = files::create_parents(image_path)?;
     let made = copy_base(&base, base_info.format, size, &staging).and_then(|()| {
-        image::rename_no_replace(&staging, image_path)
+        files::rename_no_replace(&staging, image_path)
             .map_err(io_error("cannot rename the prepared image to", image_path))
     });
     if made.is_err() {
-        let _ = image::remove_file_if_exists(&staging);
-        image::remove_created_parents(&created_parents);
+        let _ = files::remove_file_if_exists(&staging);
+        files::remove_created_parents(&created_parents);
     }
     made?;
-    image::sync_parent(image_path);
+    files::sync_parent(image_path);
 
     match attach(image_path) {
         Ok(device) => Ok(PreparedLoopback {
@@ -122,8 +123,8 @@ pub fn prepare(spec: &LoopbackSpec) -> Result<PreparedLoopback> {
         Err(error) => {
             // Best effort: the error that made us roll back is the one worth reporting.
             let _ = detach_all(image_path);
-            let _ = image::remove_file_if_exists(image_path);
-            image::remove_created_parents(&created_parents);
+            let _ = files::remove_file_if_exists(image_path);
+            files::remove_created_parents(&created_parents);
             Err(error)
         }
     }
@@ -131,7 +132,7 @@ pub fn prepare(spec: &LoopbackSpec) -> Result<PreparedLoopback> {
 
 /// Writes the raw copy of `base` into the new file `target`, `size` bytes long, synced.
 fn copy_base(base: &Path, base_format: ImageFormat, size: u64, target: &Path) -> Result<()> {
-    let target = image::absolute(target)?;
+    let target = files::absolute(target)?;
     run(
         "qemu-img",
         &[
@@ -163,7 +164,7 @@ fn copy_base(base: &Path, base_format: ImageFormat, size: u64, target: &Path) ->
 
 /// `losetup --find --show <image>`: attaches the image to a free loop device and returns it.
 fn attach(image_path: &Path) -> Result<PathBuf> {
-    let absolute = image::absolute(image_path)?;
+    let absolute = files::absolute(image_path)?;
     let args = [
         OsStr::new("--find"),
         OsStr::new("--show"),
@@ -222,7 +223,7 @@ fn detach_all(image_path: &Path) -> Result<()> {
 /// The loop devices backed by `image`: `losetup -j <image>` while the image exists, and the
 /// devices whose `/sys/block/loopN/loop/backing_file` names it (also as `<image> (deleted)`).
 pub fn attached_devices(image_path: &Path) -> Result<Vec<PathBuf>> {
-    let absolute = image::absolute(image_path)?;
+    let absolute = files::absolute(image_path)?;
     let mut devices = Vec::new();
     if fs::metadata(&absolute).is_ok() {
         let output = run("losetup", &[OsStr::new("-j"), absolute.as_os_str()])?;
@@ -305,7 +306,7 @@ fn devices_in_sysfs(path: &Path) -> Result<Vec<PathBuf>> {
 /// saved (it is then kept) or removed.
 pub fn cleanup(spec: &LoopbackSpec) -> Result<Option<PathBuf>> {
     let image_path = &spec.image;
-    image::remove_staging_leftovers(image_path)?;
+    files::remove_staging_leftovers(image_path, files::remove_file_if_exists)?;
     detach_all(image_path)?;
     match fs::symlink_metadata(image_path) {
         Ok(_) => {}
@@ -323,7 +324,7 @@ pub fn cleanup(spec: &LoopbackSpec) -> Result<Option<PathBuf>> {
     } else {
         None
     };
-    image::remove_file_if_exists(image_path).map_err(io_error("cannot remove", image_path))?;
+    files::remove_file_if_exists(image_path).map_err(io_error("cannot remove", image_path))?;
     Ok(saved)
 }
 

@@ -12,6 +12,7 @@
 //! programs are run directly (never through a shell) with their stderr captured into the error.
 
 pub mod dir;
+mod files;
 pub mod image;
 pub mod loopback;
 pub mod lvm;

@@ -28,6 +28,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::files;
 use super::image::{self, ImageFormat};
 use super::run;
 use crate::{Result, io_error};
@@ -78,26 +79,26 @@ pub struct PreparedQcow {
 /// [`Error::Command`](crate::Error::Command) if `qemu-img` fails.
 pub fn prepare(spec: &QcowSpec) -> Result<PreparedQcow> {
     let disk = &spec.disk;
-    image::refuse_existing(disk)?;
-    let staging = image::staging_path(disk, std::process::id())?;
+    files::refuse_existing(disk)?;
+    let staging = files::staging_path(disk, std::process::id())?;
     let base = image::uncompressed_base(&spec.base, &spec.image_cache)?;
     let base_info = image::info(&base)?;
     let size = image::disk_size(disk, spec.disk_size_mib, &base, base_info.virtual_size)?;
 
     // A leftover of an earlier run of a process that had our pid: it cannot be in use.
-    image::remove_file_if_exists(&staging).map_err(io_error("cannot remove", &staging))?;
-    let created_parents = image::create_parents(disk)?;
+    files::remove_file_if_exists(&staging).map_err(io_error("cannot remove", &staging))?;
+    let created_parents = files::create_parents(disk)?;
     let outcome = create_overlay(&base, base_info.format, size, &staging).and_then(|()| {
-        image::rename_no_replace(&staging, disk)
+        files::rename_no_replace(&staging, disk)
             .map_err(io_error("cannot rename the prepared overlay to", disk))
     });
     if outcome.is_err() {
         // Best effort: the error that made us roll back is the one worth reporting.
-        let _ = image::remove_file_if_exists(&staging);
-        image::remove_created_parents(&created_parents);
+        let _ = files::remove_file_if_exists(&staging);
+        files::remove_created_parents(&created_parents);
     }
     outcome?;
-    image::sync_parent(disk);
+    files::sync_parent(disk);
     Ok(PreparedQcow {
         disk: disk.clone(),
         backing_file: base,
@@ -113,7 +114,7 @@ fn create_overlay(
     size: Option<u64>,
     target: &Path,
 ) -> Result<()> {
-    let target = image::absolute(target)?;
+    let target = files::absolute(target)?;
     let size = size.map(|bytes| bytes.to_string());
     let mut args = vec![
         OsStr::new("create"),
@@ -130,7 +131,7 @@ fn create_overlay(
         args.push(OsStr::new(size));
     }
     run("qemu-img", &args)?;
-    image::sync_file(&target)
+    files::sync_file(&target)
 }
 
 /// Saves the overlay if `spec.save_image`, then removes it.
@@ -145,7 +146,7 @@ fn create_overlay(
 /// cannot be saved (the overlay is then kept) or the overlay cannot be removed.
 pub fn cleanup(spec: &QcowSpec) -> Result<Option<PathBuf>> {
     let disk = &spec.disk;
-    image::remove_staging_leftovers(disk)?;
+    files::remove_staging_leftovers(disk, files::remove_file_if_exists)?;
     match fs::symlink_metadata(disk) {
         Ok(_) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -162,6 +163,6 @@ pub fn cleanup(spec: &QcowSpec) -> Result<Option<PathBuf>> {
     } else {
         None
     };
-    image::remove_file_if_exists(disk).map_err(io_error("cannot remove", disk))?;
+    files::remove_file_if_exists(disk).map_err(io_error("cannot remove", disk))?;
     Ok(saved)
 }
