@@ -37,6 +37,25 @@ pub(super) fn number(component: &Component, attribute: &str) -> Option<f64> {
     }
 }
 
+/// A string; anything else is empty.
+pub(super) fn text(component: &Component, attribute: &str) -> String {
+    match component.get(attribute) {
+        Some(Value::Str(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A number of seconds as a duration, or `default` when absent or not a valid duration.
+pub(super) fn seconds(
+    component: &Component,
+    attribute: &str,
+    default: std::time::Duration,
+) -> std::time::Duration {
+    number(component, attribute)
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

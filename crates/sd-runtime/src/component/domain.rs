@@ -19,7 +19,7 @@ use sd_lang::Component;
 use sd_store::ProcessRecord;
 use tokio::sync::{mpsc, oneshot};
 
-use super::attributes::{environment, number, strings};
+use super::attributes::{environment, number, seconds, strings};
 use super::vm::Vm;
 use super::{ComponentMsg, Deployment};
 
@@ -54,9 +54,7 @@ pub(crate) struct Domain {
 impl Domain {
     pub fn new(description: &Component, vm: bool) -> Domain {
         let env = environment(description, "env");
-        let stop_timeout = number(description, "sdStopTimeout")
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .unwrap_or(Duration::from_secs(10));
+        let stop_timeout = seconds(description, "sdStopTimeout", Duration::from_secs(10));
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let log_max_bytes = number(description, "logMaxBytes")
             .filter(|n| *n > 0.0)

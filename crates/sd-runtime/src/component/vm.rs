@@ -10,10 +10,10 @@ use sd_drivers::qemu::{
     Accelerator, Disk, Machine, PortForward, QEMU_BINARY, QemuSpec, Readiness, host_tsc_khz,
     wait_ready,
 };
-use sd_lang::{Component, Value};
+use sd_lang::Component;
 
 use super::Deployment;
-use super::attributes::{number, strings};
+use super::attributes::{number, seconds, strings, text};
 
 /// A QEMU domain's settings and run directory.
 pub(crate) struct Vm {
@@ -26,13 +26,6 @@ pub(crate) struct Vm {
     memory_mib: u64,
     /// MiB it boots with.
     boot_memory_mib: u64,
-}
-
-fn text(component: &Component, attribute: &str) -> String {
-    match component.get(attribute) {
-        Some(Value::Str(s)) => s.clone(),
-        _ => String::new(),
-    }
 }
 
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -63,9 +56,7 @@ impl Vm {
         #[allow(clippy::cast_possible_truncation)]
         let port = whole(description, "readyPort").min(u64::from(u16::MAX)) as u16;
         Vm {
-            boot_timeout: number(description, "bootTimeout")
-                .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .unwrap_or(Duration::from_secs(120)),
+            boot_timeout: seconds(description, "bootTimeout", Duration::from_secs(120)),
             marker: text(description, "readyMarker"),
             port,
             memory_mib,
