@@ -1,0 +1,1 @@
+//! sd-gossip: being built.

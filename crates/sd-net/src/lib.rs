@@ -1,0 +1,1 @@
+//! sd-net: being built.

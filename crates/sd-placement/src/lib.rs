@@ -1,0 +1,1 @@
+//! sd-placement: being built.
