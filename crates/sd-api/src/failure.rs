@@ -45,6 +45,7 @@ impl From<Error> for Failure {
             Error::Exists { .. } => StatusCode::CONFLICT,
             Error::NotFound { .. } | Error::NoComponent { .. } => StatusCode::NOT_FOUND,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Remote { .. } => StatusCode::BAD_GATEWAY,
             Error::Store(_) | Error::Io { .. } | Error::Durability(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -82,7 +82,7 @@ async fn node_info(State(state): State<AppState>) -> Json<NodeInfo> {
 
 /// `GET /v1/deployments`.
 async fn list(State(state): State<AppState>) -> Json<Vec<DeploymentSummary>> {
-    Json(state.node.deployments())
+    Json(state.node.cluster_deployments().await)
 }
 
 /// `POST /v1/deployments`: 201 with the summary once the deploy is acknowledged (durable).
@@ -109,7 +109,7 @@ async fn status(
     name: Result<Path<String>, PathRejection>,
 ) -> Answer<Json<DeploymentStatus>> {
     let Path(name) = name?;
-    Ok(Json(state.node.status(&name)?))
+    Ok(Json(state.node.cluster_status(&name).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +126,7 @@ async fn terminate(
 ) -> Answer<(StatusCode, Json<DeploymentSummary>)> {
     let Path(name) = name?;
     let Query(params) = params?;
-    let mut summary = state.node.status(&name)?.deployment;
+    let mut summary = state.node.cluster_status(&name).await?.deployment;
     if params.wait {
         state.node.terminate(&name).await?;
         summary.state = DeploymentState::Terminated;

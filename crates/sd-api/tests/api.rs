@@ -33,6 +33,7 @@ async fn fixture() -> Fixture {
         name: "api-node".into(),
         data_dir: dir.path().to_path_buf(),
         vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
+        peers: None,
     })
     .await
     .expect("node opens");

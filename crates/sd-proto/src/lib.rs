@@ -6,8 +6,13 @@
 //! talks to a newer agent and the other way round.
 //!
 //! The API (served by every agent, under `/v1`, bearer token) is described in docs/api.md.
+//! [`peer`] holds what nodes ask each other over the cluster transport.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub mod peer;
 
 /// The largest API request body an agent accepts (a description is sent whole).
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
@@ -198,6 +203,40 @@ pub struct NodeInfo {
     /// Its VM driver: `qemu: kvm (...)`, `qemu: tcg (why)`, or why it has none.
     #[serde(default)]
     pub vm_driver: String,
+}
+
+/// `GET /v1/nodes`: one member of the cluster as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Its node name.
+    pub name: String,
+    /// `alive` or `dead`.
+    pub state: String,
+    /// Its generation (one more at every agent start).
+    pub generation: u64,
+    /// Where its peers reach it (QUIC).
+    pub peer_addr: String,
+    /// Its API, if it published one.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// vCPUs it offers.
+    pub vcpus: u32,
+    /// vCPUs not reserved by running domains.
+    pub free_vcpus: u32,
+    /// Memory it offers, in MiB.
+    pub memory_mib: u64,
+    /// Memory not reserved by running domains, in MiB.
+    pub free_memory_mib: u64,
+    /// Its labels (`sdConstraints` match them).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Its version of sd.
+    pub version: String,
+    /// The accelerator its VMs get (`kvm`, `tcg`, or why none).
+    pub accelerator: String,
+    /// Whether this is the node answering.
+    #[serde(default)]
+    pub is_self: bool,
 }
 
 #[cfg(test)]

@@ -172,6 +172,7 @@ fn main() {
             name: "bench".into(),
             data_dir: dir.path().to_path_buf(),
             vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
+            peers: None,
         })
         .await
         .unwrap();

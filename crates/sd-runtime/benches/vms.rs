@@ -71,6 +71,7 @@ fn main() {
             name: "bench".into(),
             data_dir: dir.path().to_path_buf(),
             vm_accelerator: None,
+            peers: None,
         })
         .await
         .unwrap();

@@ -22,6 +22,7 @@
 //! and the deployment's registry, never through knowledge of where those run, so the
 //! cluster layer can make them remote.
 
+pub mod cluster;
 pub mod component;
 pub mod node;
 pub mod plan;
@@ -29,6 +30,7 @@ mod records;
 pub mod supervision;
 mod vm_host;
 
+pub use cluster::Peers;
 pub use node::{Node, NodeConfig};
 pub use sd_drivers::qemu::Accelerator;
 
@@ -99,6 +101,14 @@ pub enum Error {
     /// A change could not be made durable (the store's file failed: disk full, I/O error).
     #[error("cannot record the node's state durably: {0}")]
     Durability(String),
+    /// Another node of the cluster could not do what was asked.
+    #[error("node \"{node}\": {reason}")]
+    Remote {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
     /// The node is shutting down and takes no more work.
     #[error("the agent is shutting down")]
     ShuttingDown,

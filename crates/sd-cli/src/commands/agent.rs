@@ -183,6 +183,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         name: name.clone(),
         data_dir: data_dir.clone(),
         vm_accelerator,
+        peers: None,
     })
     .await
     .with_context(|| format!("cannot open node {name} on `{}`", data_dir.display()))?;

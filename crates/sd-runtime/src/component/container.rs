@@ -21,6 +21,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use sd_proto::ComponentState;
 use sd_store::unix_ms_now;
 
+use super::placing::{self, Placement};
 use super::{
     Args, ComponentActor, ComponentMsg, ComponentRef, Deployment, Failure, Outcome, ParentRef,
     State, Work,
@@ -314,12 +315,15 @@ async fn spawn(
     deployment: &Arc<Deployment>,
     slot: &mut Slot,
 ) -> Outcome {
+    let remote = wait_for_placement(myself, deployment, slot.index).await?;
     let incarnation = deployment.next_incarnation();
     let args = Args {
         deployment: Arc::clone(deployment),
         index: slot.index,
         parent: ParentRef::Component(ComponentRef(myself.clone())),
         incarnation,
+        remote,
+        adopt: false,
     };
     let (actor, _) = Actor::spawn_linked(None, ComponentActor, args, myself.get_cell())
         .await
@@ -333,6 +337,45 @@ async fn spawn(
     slot.missed = 0;
     slot.ping_in_flight = false;
     Ok(())
+}
+
+/// Where the child at `index` runs: `None` here, else the node. A child whose node is down
+/// waits for it, visibly (its record says why), until the deployment is terminated.
+async fn wait_for_placement(
+    myself: &ActorRef<ComponentMsg>,
+    deployment: &Arc<Deployment>,
+    index: usize,
+) -> std::result::Result<Option<String>, Failure> {
+    let path = deployment.plan.components[index].path_text();
+    let parent = deployment.plan.components[index].parent;
+    let siblings: Vec<String> = parent
+        .map(|parent| deployment.plan.components[parent].children.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&sibling| sibling != index)
+        .filter_map(|sibling| deployment.node_of(sibling))
+        .collect();
+    loop {
+        match placing::place(deployment, index, &siblings) {
+            Ok(Placement::Here) => return Ok(None),
+            Ok(Placement::On(node)) => return Ok(Some(node)),
+            Ok(Placement::Wait(reason)) => {
+                deployment.record(index, |record| {
+                    record.state = ComponentState::Deploying;
+                    record.last_error = Some(format!("waiting: {reason}"));
+                });
+            }
+            Err(reason) => return Err(Failure { path, reason }),
+        }
+        if deployment.is_terminating() || myself.get_status() != ractor::ActorStatus::Running {
+            return Err(Failure {
+                path,
+                reason: "the deployment was terminated while the component waited for its node"
+                    .into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn deploy_one(

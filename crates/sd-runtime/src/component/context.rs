@@ -29,6 +29,8 @@ pub(crate) struct Services {
     pub properties: Properties,
     /// What the node offers virtual machines.
     pub vm_host: crate::vm_host::VmHost,
+    /// The other nodes of the cluster; `None`: a single node, everything runs here.
+    pub peers: Option<Arc<dyn crate::cluster::Peers>>,
 }
 
 /// A live component as the registry holds it.
@@ -47,6 +49,12 @@ pub(crate) struct Deployment {
     pub name: String,
     pub plan: Plan,
     pub epoch: u64,
+    /// The resolved `sfConfig` in SmartFrog notation: what fragments on other nodes plan.
+    pub description: String,
+    /// The file it came from, for display.
+    pub source: String,
+    /// The node holding the deployment's root.
+    pub root: String,
     pub services: Arc<Services>,
     registry: Mutex<HashMap<usize, Published>>,
     incarnations: AtomicU64,
@@ -54,6 +62,15 @@ pub(crate) struct Deployment {
     live: watch::Sender<usize>,
     /// The previous agent's records, by plan index, while recovering.
     recovered: Mutex<HashMap<usize, ComponentRecord>>,
+}
+
+/// What names a deployment's run on this node: shared by its root and its fragments.
+pub(crate) struct DeploymentIdentity {
+    pub name: String,
+    pub epoch: u64,
+    pub description: String,
+    pub source: String,
+    pub root: String,
 }
 
 /// A file name made of a component path: `sfConfig:pool:r1` → `sfConfig.pool.r1`. Characters
@@ -81,16 +98,18 @@ fn file_name(path: &str, index: usize) -> String {
 
 impl Deployment {
     pub fn new(
-        name: String,
+        identity: DeploymentIdentity,
         plan: Plan,
-        epoch: u64,
         services: Arc<Services>,
         recovered: HashMap<usize, ComponentRecord>,
     ) -> Deployment {
         Deployment {
-            name,
+            name: identity.name,
             plan,
-            epoch,
+            epoch: identity.epoch,
+            description: identity.description,
+            source: identity.source,
+            root: identity.root,
             services,
             registry: Mutex::default(),
             incarnations: AtomicU64::new(1),
@@ -103,6 +122,11 @@ impl Deployment {
         self.registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The node holding the deployment's root.
+    pub fn root_node(&self) -> String {
+        self.root.clone()
     }
 
     /// A new incarnation number for a component about to be spawned.
@@ -151,6 +175,32 @@ impl Deployment {
             },
             change,
         );
+    }
+
+    /// The node the component at `index` was last recorded on.
+    pub fn node_of(&self, index: usize) -> Option<String> {
+        let entry = self.services.records.deployment(&self.name)?;
+        entry
+            .components
+            .get(&index)
+            .map(|record| record.node.clone())
+    }
+
+    /// Whether the component at `index` runs on another node than this one (the parts of the
+    /// tree this node does not hold: above a fragment, or placed elsewhere).
+    pub fn runs_elsewhere(&self, index: usize) -> bool {
+        self.live_component(index).is_none()
+            && self
+                .node_of(index)
+                .is_none_or(|node| node != self.services.node)
+    }
+
+    /// Whether the deployment is being terminated (or is gone) on this node.
+    pub fn is_terminating(&self) -> bool {
+        self.services
+            .records
+            .deployment_record(&self.name)
+            .is_none_or(|record| record.state == sd_proto::DeploymentState::Terminating)
     }
 
     /// The previous agent's record of the component at `index`, taken once (recovery).
@@ -216,6 +266,14 @@ impl Deployment {
     /// The component at `index` and its incarnation, if it is live.
     pub fn live_component(&self, index: usize) -> Option<ComponentRef> {
         self.registry().get(&index).map(|p| p.component.clone())
+    }
+
+    /// Every live component of the deployment on this node.
+    pub fn live_components(&self) -> Vec<ComponentRef> {
+        self.registry()
+            .values()
+            .map(|p| p.component.clone())
+            .collect()
     }
 
     /// Which component an actor is.

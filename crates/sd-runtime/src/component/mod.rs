@@ -18,6 +18,8 @@ mod attributes;
 mod container;
 mod context;
 mod domain;
+pub(crate) mod placing;
+mod remote;
 mod shell;
 mod storage;
 mod vm;
@@ -29,7 +31,7 @@ use sd_drivers::process::Exit;
 use sd_proto::ComponentState;
 use tokio::sync::mpsc;
 
-pub(crate) use context::{Deployment, Services, deployment_dir};
+pub(crate) use context::{Deployment, DeploymentIdentity, Services, deployment_dir};
 pub(crate) use domain::DATA_DIR_MARKER;
 
 use crate::plan::Kind;
@@ -102,6 +104,17 @@ pub enum ComponentMsg {
         /// The children (plan indices) to start again.
         children: Vec<usize>,
     },
+    /// Node: the fragment this proxy stands for ended on its node.
+    RemoteEnded {
+        /// Which incarnation of the proxy it belonged to.
+        incarnation: u64,
+        /// How.
+        ending: Ending,
+        /// Why, for an abnormal end.
+        reason: Option<String>,
+    },
+    /// Node: a node of the cluster was lost (a proxy whose fragment ran there has ended).
+    NodeLost(String),
 }
 
 /// A component, wherever it runs. Today always local; the cluster layer adds remote ones.
@@ -169,6 +182,11 @@ impl ComponentRef {
         }
     }
 
+    /// Sends a message without waiting (the node's notices: a fragment ended, a node lost).
+    pub(crate) fn cast_message(&self, message: ComponentMsg) {
+        self.cast(message);
+    }
+
     fn cast(&self, message: ComponentMsg) {
         // A component that is gone has nothing left to be told.
         let _ = self.0.cast(message);
@@ -202,10 +220,16 @@ pub(crate) struct Args {
     pub index: usize,
     pub parent: ParentRef,
     pub incarnation: u64,
+    /// The node it runs on when that is not this one: this actor is then its proxy.
+    pub remote: Option<String>,
+    /// Recovering: take over the fragment already running on `remote` rather than start one.
+    pub adopt: bool,
 }
 
 /// What a kind of component does in each phase.
 enum Work {
+    /// It runs on another node; this is its proxy.
+    Remote(remote::Remote),
     Container(container::Container),
     Domain(domain::Domain),
     Storage(storage::Storage),
@@ -223,6 +247,8 @@ pub(crate) struct State {
     incarnation: u64,
     /// Set once the component has ended or is terminating: later work messages are stale.
     finished: bool,
+    /// A proxy taking over a fragment that already runs (recovery after a root was lost).
+    adopt: bool,
     work: Work,
 }
 
@@ -288,19 +314,28 @@ impl Actor for ComponentActor {
         let planned = &deployment.plan.components[args.index];
         let path = planned.path_text();
         let description = deployment.plan.component(args.index);
-        let work = match planned.kind {
-            kind if kind.is_container() => Work::Container(container::Container::new(
+        let work = match (&args.remote, planned.kind) {
+            (Some(node), _) => Work::Remote(remote::Remote::new(
+                &deployment,
+                args.index,
+                args.incarnation,
+                node.clone(),
+            )),
+            (None, kind) if kind.is_container() => Work::Container(container::Container::new(
                 &deployment,
                 args.index,
                 description,
             )),
-            Kind::ProcessDomain => Work::Domain(domain::Domain::new(description, false)),
-            Kind::QemuDomain => Work::Domain(domain::Domain::new(description, true)),
-            Kind::DirStorageBackend
-            | Kind::QcowStorageBackend
-            | Kind::LoopbackStorageBackend
-            | Kind::LvmStorageBackend => Work::Storage(storage::Storage::new(planned.kind)),
-            Kind::Shell => Work::Shell(shell::Shell::new(description)),
+            (None, Kind::ProcessDomain) => Work::Domain(domain::Domain::new(description, false)),
+            (None, Kind::QemuDomain) => Work::Domain(domain::Domain::new(description, true)),
+            (
+                None,
+                Kind::DirStorageBackend
+                | Kind::QcowStorageBackend
+                | Kind::LoopbackStorageBackend
+                | Kind::LvmStorageBackend,
+            ) => Work::Storage(storage::Storage::new(planned.kind)),
+            (None, Kind::Shell) => Work::Shell(shell::Shell::new(description)),
             _ => Work::Plain,
         };
         deployment.publish(args.index, ComponentRef(myself), args.incarnation);
@@ -310,10 +345,17 @@ impl Actor for ComponentActor {
             parent: args.parent,
             incarnation: args.incarnation,
             finished: false,
+            adopt: args.adopt,
             work,
             deployment,
         };
         state.record(ComponentState::Deploying, None);
+        if let Work::Remote(remote) = &state.work {
+            let node = remote.node.clone();
+            state
+                .deployment
+                .record(state.index, |record| record.node = node);
+        }
         Ok(state)
     }
 
@@ -386,6 +428,14 @@ impl Actor for ComponentActor {
             ComponentMsg::Ping(reply) => {
                 let answer = match &mut state.work {
                     _ if state.finished => Err("it has ended".to_string()),
+                    Work::Remote(remote) => {
+                        // Answered from a task: a slow network must not hold this actor up.
+                        let remote_ping = remote.pinger(&state.deployment);
+                        tokio::spawn(async move {
+                            let _ = reply.send(remote_ping.await);
+                        });
+                        return Ok(());
+                    }
                     Work::Domain(domain) => domain.ping().await,
                     Work::Storage(storage) => storage.ping(),
                     _ => Ok(()),
@@ -444,6 +494,29 @@ impl Actor for ComponentActor {
                     container::restart(&myself, state, children).await;
                 }
             }
+            ComponentMsg::RemoteEnded {
+                incarnation,
+                ending,
+                reason,
+            } => {
+                if let Work::Remote(remote) = &mut state.work
+                    && incarnation == state.incarnation
+                    && !state.finished
+                {
+                    remote.ended();
+                    state.end(&myself, ending, reason);
+                }
+            }
+            ComponentMsg::NodeLost(node) => {
+                if let Work::Remote(remote) = &mut state.work
+                    && remote.node == node
+                    && !state.finished
+                {
+                    remote.ended();
+                    let reason = format!("its node \"{node}\" was lost");
+                    state.end(&myself, Ending::Abnormal, Some(reason));
+                }
+            }
         }
         Ok(())
     }
@@ -484,6 +557,7 @@ async fn deploy(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
         reason,
     };
     match &mut state.work {
+        Work::Remote(remote) => remote.deploy(&state.deployment, &path, state.adopt).await,
         Work::Container(container) => {
             container
                 .deploy(myself, &state.deployment, state.index)
@@ -505,6 +579,7 @@ async fn deploy(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
 async fn start(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
     let path = state.path.clone();
     match &mut state.work {
+        Work::Remote(remote) => remote.start(&state.deployment, &path).await,
         Work::Container(container) => container.start(myself, &state.deployment).await,
         Work::Domain(domain) => domain
             .start(myself, &state.deployment, state.index)
@@ -517,6 +592,10 @@ async fn start(myself: &ActorRef<ComponentMsg>, state: &mut State) -> Outcome {
 /// Cleans the component away; returns the reply if it is still to be sent.
 async fn terminate(state: &mut State, reply: RpcReplyPort<()>) -> Option<RpcReplyPort<()>> {
     match &mut state.work {
+        Work::Remote(remote) => {
+            remote.terminate(&state.deployment).await;
+            Some(reply)
+        }
         Work::Container(container) => {
             container
                 .terminate(&state.deployment, state.index, reply)

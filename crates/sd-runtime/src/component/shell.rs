@@ -46,6 +46,13 @@ impl Shell {
         Ok(())
     }
 
+    /// Runs `script` in `cwd` and returns its output.
+    pub async fn run_here(&self, script: String, cwd: PathBuf) -> Result<String, String> {
+        let mut argv = self.interpreter.clone();
+        argv.push(script);
+        run(argv, self.env.clone(), cwd).await
+    }
+
     /// Runs `script` in `cwd` in the background and answers on `reply`.
     pub fn exec(&self, script: String, cwd: PathBuf, reply: RpcReplyPort<Result<String, String>>) {
         let mut argv = self.interpreter.clone();

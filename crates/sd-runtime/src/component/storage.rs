@@ -331,15 +331,23 @@ async fn setup(
     let shell = deployment
         .bind_component(index, "shell")?
         .ok_or("`setupScript` needs a `shell` to run it")?;
-    let shell = deployment.live_component(shell).ok_or_else(|| {
-        format!(
-            "its shell `{}` is not running (it must be deployed before this backend)",
-            deployment.plan.components[shell].path_text()
-        )
-    })?;
-    shell
-        .exec(script, dir.to_path_buf())
-        .await
+    let result = match deployment.live_component(shell) {
+        Some(live) => live.exec(script, dir.to_path_buf()).await,
+        // The shell runs on another node: a host's commands run where the directory is, so
+        // this node runs them with the same interpreter and environment.
+        None if deployment.runs_elsewhere(shell) => {
+            let local = super::shell::Shell::new(deployment.plan.component(shell));
+            local.check()?;
+            local.run_here(script, dir.to_path_buf()).await
+        }
+        None => {
+            return Err(format!(
+                "its shell `{}` is not running (it must be deployed before this backend)",
+                deployment.plan.components[shell].path_text()
+            ));
+        }
+    };
+    result
         .map(drop)
         .map_err(|e| format!("setupScript failed: {e}"))
 }

@@ -23,6 +23,7 @@ impl TestNode {
             name: "test-node".into(),
             data_dir: dir.path().to_path_buf(),
             vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
+            peers: None,
         })
         .await
         .expect("node opens");

@@ -13,6 +13,8 @@
 //! kept, processes still running are re-adopted (pid and start time), and those that died
 //! meanwhile are reported ended so that their parents' strategies restart them.
 
+mod fragments;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +28,12 @@ use sd_proto::{
 use sd_store::{DeploymentRecord, Store, unix_ms_now};
 use tokio::sync::{broadcast, mpsc};
 
+use sd_proto::peer::FragmentKey;
+
+use crate::cluster::Peers;
 use crate::component::{
-    Args, ComponentActor, ComponentRef, Deployment, ParentRef, RootEnded, Services, deployment_dir,
+    Args, ComponentActor, ComponentRef, Deployment, DeploymentIdentity, ParentRef, RootEnded,
+    Services, deployment_dir,
 };
 use crate::plan::{Plan, plan};
 use crate::records::{DeploymentEntry, Records};
@@ -44,12 +50,28 @@ pub struct NodeConfig {
     /// The accelerator VMs with `accelerator "auto"` use: `None` probes it (in the
     /// background, at start; recorded in the data dir for the next start).
     pub vm_accelerator: Option<sd_drivers::qemu::Accelerator>,
+    /// The other nodes of the cluster; `None`: a single node that runs everything itself.
+    pub peers: Option<Arc<dyn Peers>>,
 }
 
-/// A deployment this node holds actors for.
+impl std::fmt::Debug for dyn Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Peers")
+    }
+}
+
+/// A deployment this node holds actors for: its root (on the node it was deployed from), or
+/// fragments (components whose parent runs on another node), or both.
 struct Live {
     deployment: Arc<Deployment>,
-    root: ComponentRef,
+    root: Option<ComponentRef>,
+    fragments: HashMap<usize, Fragment>,
+}
+
+/// A component run here for a parent on another node.
+struct Fragment {
+    key: FragmentKey,
+    component: ComponentRef,
 }
 
 struct Inner {
@@ -155,6 +177,7 @@ impl Node {
             records,
             properties,
             vm_host: crate::vm_host::VmHost::new(&config.data_dir, config.vm_accelerator),
+            peers: config.peers.clone(),
         });
         if config.vm_accelerator.is_none() {
             // Known before the first VM needs it, and published in the node's metadata.
@@ -262,10 +285,19 @@ impl Node {
         planned: Plan,
         recovered: HashMap<usize, sd_store::ComponentRecord>,
     ) -> Result<()> {
+        let Some(record) = self.records().deployment_record(&name) else {
+            return Err(Error::NotFound { name });
+        };
+        let identity = DeploymentIdentity {
+            name: name.clone(),
+            epoch: record.epoch,
+            description: record.description,
+            source: record.source,
+            root: self.inner.config.name.clone(),
+        };
         let deployment = Arc::new(Deployment::new(
-            name.clone(),
+            identity,
             planned,
-            self.inner.generation,
             Arc::clone(&self.inner.services),
             recovered,
         ));
@@ -275,6 +307,8 @@ impl Node {
             index: 0,
             parent: ParentRef::Node(ended_tx),
             incarnation: deployment.next_incarnation(),
+            remote: None,
+            adopt: false,
         };
         let root = match Actor::spawn(None, ComponentActor, args).await {
             Ok((actor, _)) => ComponentRef(actor),
@@ -284,13 +318,16 @@ impl Node {
                 return Ok(());
             }
         };
-        lock(&self.inner.live).insert(
-            name.clone(),
-            Live {
+        {
+            let mut live = lock(&self.inner.live);
+            let entry = live.entry(name.clone()).or_insert_with(|| Live {
                 deployment: Arc::clone(&deployment),
-                root: root.clone(),
-            },
-        );
+                root: None,
+                fragments: HashMap::new(),
+            });
+            entry.deployment = Arc::clone(&deployment);
+            entry.root = Some(root.clone());
+        }
         tokio::spawn(self.clone().drive(deployment, root, ended_rx));
         Ok(())
     }
@@ -365,7 +402,17 @@ impl Node {
 
     /// Removes the deployment's directory and forgets its actors (the records stay).
     async fn clean(&self, deployment: &Deployment) {
-        lock(&self.inner.live).remove(&deployment.name);
+        {
+            let mut live = lock(&self.inner.live);
+            if let Some(entry) = live.get_mut(&deployment.name) {
+                entry.root = None;
+                if !entry.fragments.is_empty() {
+                    // Fragments of it still run here for parents elsewhere.
+                    return;
+                }
+            }
+            live.remove(&deployment.name);
+        }
         let dir = deployment.dir();
         let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
         let _ = self.records().flush().await;
@@ -376,13 +423,21 @@ impl Node {
     pub async fn terminate(&self, name: &str) -> Result<()> {
         let _reservation = self.reserve(name)?;
         let Some(record) = self.records().deployment_record(name) else {
-            return Err(Error::NotFound {
-                name: name.to_string(),
-            });
+            drop(_reservation);
+            return match self.find_root(name).await {
+                Some(root) => self.terminate_at_root(&root, name).await,
+                None => Err(Error::NotFound {
+                    name: name.to_string(),
+                }),
+            };
         };
+        if record.root_node != self.inner.config.name {
+            drop(_reservation);
+            return self.terminate_at_root(&record.root_node, name).await;
+        }
         let live = lock(&self.inner.live)
             .get(name)
-            .map(|live| (Arc::clone(&live.deployment), live.root.clone()));
+            .and_then(|live| Some((Arc::clone(&live.deployment), live.root.clone()?)));
         if let Some((deployment, root)) = live {
             if !matches!(record.state, DeploymentState::Failed { .. }) {
                 self.set_state(name, DeploymentState::Terminating);
@@ -524,6 +579,10 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
             return;
         }
+        if entry.record.root_node != self.inner.config.name {
+            self.discard_fragments(entry).await;
+            return;
+        }
         let properties = self.inner.services.properties.clone();
         let planned = match prepare(&entry.record.source, &entry.record.description, &properties) {
             Ok((planned, _)) => planned,
@@ -554,6 +613,101 @@ impl Node {
                 let _ = node.terminate(&name).await;
             });
         }
+    }
+}
+
+impl Node {
+    /// Fragments a previous agent ran for parents on other nodes: their parents have seen
+    /// them fail (or will, at their next liveness check) and restart them where placement
+    /// says, so what is left of them here is taken over only to be cleaned away.
+    async fn discard_fragments(&self, entry: DeploymentEntry) {
+        let name = entry.record.name.clone();
+        let properties = self.inner.services.properties.clone();
+        let planned = prepare(&entry.record.source, &entry.record.description, &properties);
+        let Ok((planned, _)) = planned else {
+            self.records().remove_deployment(&name);
+            return;
+        };
+        let mut recovered = HashMap::new();
+        for record in entry.components.into_values() {
+            if let Some(index) = planned
+                .components
+                .iter()
+                .position(|c| c.path_text() == record.path)
+            {
+                recovered.insert(index, record);
+            }
+        }
+        let tops: Vec<usize> = recovered
+            .keys()
+            .copied()
+            .filter(|&index| {
+                planned.components[index]
+                    .parent
+                    .is_none_or(|parent| !recovered.contains_key(&parent))
+            })
+            .collect();
+        self.records()
+            .reindex(&name, recovered.clone().into_iter().collect());
+        let deployment = Arc::new(Deployment::new(
+            DeploymentIdentity {
+                name: name.clone(),
+                epoch: entry.record.epoch,
+                description: entry.record.description.clone(),
+                source: entry.record.source.clone(),
+                root: entry.record.root_node.clone(),
+            },
+            planned,
+            Arc::clone(&self.inner.services),
+            recovered,
+        ));
+        let mut fragments = HashMap::new();
+        for index in tops {
+            let (ended_tx, _ended_rx) = mpsc::unbounded_channel();
+            let args = Args {
+                deployment: Arc::clone(&deployment),
+                index,
+                parent: ParentRef::Node(ended_tx),
+                incarnation: deployment.next_incarnation(),
+                remote: None,
+                adopt: false,
+            };
+            if let Ok((actor, _)) = Actor::spawn(None, ComponentActor, args).await {
+                let component = ComponentRef(actor);
+                // Deploy in recovery mode re-adopts what still runs, so terminate finds it.
+                let path = deployment.plan.components[index].path_text();
+                let _ = component.deploy(&path).await;
+                let key = FragmentKey {
+                    deployment: name.clone(),
+                    epoch: entry.record.epoch,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    incarnation: 0,
+                };
+                fragments.insert(index, Fragment { key, component });
+            }
+        }
+        let components: Vec<ComponentRef> = fragments
+            .values()
+            .map(|fragment| fragment.component.clone())
+            .collect();
+        lock(&self.inner.live).insert(
+            name.clone(),
+            Live {
+                deployment: Arc::clone(&deployment),
+                root: None,
+                fragments,
+            },
+        );
+        let node = self.clone();
+        tokio::spawn(async move {
+            for component in components {
+                component.terminate().await;
+            }
+            if let Some(entry) = lock(&node.inner.live).get_mut(&name) {
+                entry.fragments.clear();
+            }
+            node.release_if_idle(&name).await;
+        });
     }
 }
 

@@ -1,0 +1,46 @@
+//! What the runtime needs from the cluster, and nothing more: a way to ask another node
+//! something, and who the members are. The agent implements [`Peers`] over QUIC and gossip
+//! (`sd-cluster`); tests implement it in process. A node without peers runs everything
+//! locally, as a single-node cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sd_placement::NodeView;
+use sd_proto::peer::{PeerRequest, PeerResponse};
+
+/// The other nodes, as the runtime sees them.
+pub trait Peers: Send + Sync + 'static {
+    /// Sends `request` to `node` and waits at most `deadline` for the answer. The error says
+    /// why the node could not answer (unknown, unreachable, timed out, refused the request).
+    fn call(
+        &self,
+        node: &str,
+        request: PeerRequest,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<PeerResponse, String>>;
+
+    /// Every known member, this node included, dead ones too (they count for majorities).
+    fn members(&self) -> Vec<NodeView>;
+}
+
+/// The members alive now, and whether they are a strict majority of the known members: only a
+/// side of a partition that sees a majority replaces what it lost (split brain).
+pub(crate) fn has_majority(peers: &Arc<dyn Peers>) -> bool {
+    let members = peers.members();
+    let alive = members.iter().filter(|m| m.alive).count();
+    sd_placement::majority(members.len(), alive)
+}
+
+/// Whether `node` is known and alive.
+pub(crate) fn is_alive(peers: &Arc<dyn Peers>, node: &str) -> bool {
+    peers.members().iter().any(|m| m.name == node && m.alive)
+}
+
+/// How long a fragment's deploy or start may take on the other node: VMs boot slowly under
+/// emulation, and the parent waits for it as it would for a local child.
+pub(crate) const STEP_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How long a short request (status, terminate bookkeeping, replication) may take.
+pub(crate) const SHORT_DEADLINE: Duration = Duration::from_secs(5);

@@ -1,0 +1,648 @@
+//! The node as its peers see it: fragments run here for parents on other nodes, fragments of
+//! this node's deployments ending elsewhere, lost nodes, and the cluster-wide views (`sd ls`,
+//! `sd status` and `sd terminate` from any node).
+//!
+//! A fragment is a component (with the subtree that runs with it) whose parent runs on another
+//! node. Its parent's node holds a proxy and drives it with [`PeerRequest`]s; here it is an
+//! ordinary component actor whose parent is the node, like a deployment's root, and whose end
+//! is reported back to the parent's node. Every request carries the deployment's epoch: a
+//! request under an older epoch than the one this node holds is refused (a stale owner).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::Actor;
+use sd_proto::peer::{FailureText, FragmentKey, FragmentSpec, PeerRequest, PeerResponse};
+use sd_proto::{DeploymentState, DeploymentStatus, DeploymentSummary};
+use sd_store::{DeploymentRecord, unix_ms_now};
+use tokio::sync::mpsc;
+
+use super::{Fragment, Live, Node, lock, prepare, remove_dir};
+use crate::cluster::{SHORT_DEADLINE, is_alive};
+use crate::component::{
+    Args, ComponentActor, ComponentMsg, ComponentRef, Deployment, DeploymentIdentity, ParentRef,
+    RootEnded,
+};
+use crate::supervision::Ending;
+use crate::{Error, Result};
+
+/// How long a ping of a fragment's component may take here.
+const LOCAL_PING: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Node {
+    /// Answers a request from the peer `from`.
+    pub async fn serve_peer(&self, from: &str, request: PeerRequest) -> PeerResponse {
+        match request {
+            PeerRequest::Info => PeerResponse::Info(self.info()),
+            PeerRequest::Deploy(spec) => self.deploy_fragment(spec).await,
+            PeerRequest::Start(key) => match self.fragment(&key) {
+                Err(why) => PeerResponse::Refused(why),
+                Ok((deployment, component)) => {
+                    let path = deployment.plan.components[key.index as usize].path_text();
+                    PeerResponse::Outcome(component.start(&path).await.map_err(failure_text))
+                }
+            },
+            PeerRequest::Ping(key) => match self.fragment(&key) {
+                Err(why) => PeerResponse::Alive(Err(why)),
+                Ok((_, component)) => PeerResponse::Alive(component.ping(LOCAL_PING).await),
+            },
+            PeerRequest::Terminate(key) => {
+                self.terminate_fragment(&key).await;
+                PeerResponse::Done
+            }
+            PeerRequest::Ended {
+                key,
+                normal,
+                reason,
+            } => {
+                self.fragment_ended(from, &key, normal, reason);
+                PeerResponse::Done
+            }
+            PeerRequest::Status { deployment } => {
+                PeerResponse::Status(self.status(&deployment).ok())
+            }
+            PeerRequest::Deployments => PeerResponse::Deployments(self.own_deployments()),
+            PeerRequest::TerminateDeployment { deployment } => {
+                match self.terminate(&deployment).await {
+                    Ok(()) => PeerResponse::Done,
+                    Err(error) => PeerResponse::Refused(error.to_string()),
+                }
+            }
+            PeerRequest::Replicate(_) | PeerRequest::Forget { .. } => {
+                PeerResponse::Refused("replicas are not kept by this version".into())
+            }
+            PeerRequest::ReadLog {
+                deployment,
+                path,
+                offset,
+                max,
+            } => self.read_log(&deployment, &path, offset, max).await,
+        }
+    }
+
+    /// The deployments whose root is this node.
+    fn own_deployments(&self) -> Vec<DeploymentSummary> {
+        self.deployments()
+            .into_iter()
+            .filter(|summary| summary.root_node == self.inner.config.name)
+            .collect()
+    }
+
+    /// A fragment's live component, if the key is current.
+    fn fragment(
+        &self,
+        key: &FragmentKey,
+    ) -> std::result::Result<(Arc<Deployment>, ComponentRef), String> {
+        let live = lock(&self.inner.live);
+        let Some(entry) = live.get(&key.deployment) else {
+            return Err(format!(
+                "this node runs nothing of deployment \"{}\"",
+                key.deployment
+            ));
+        };
+        match entry.fragments.get(&(key.index as usize)) {
+            Some(fragment) if fragment.key == *key => {
+                Ok((Arc::clone(&entry.deployment), fragment.component.clone()))
+            }
+            Some(fragment) => Err(format!(
+                "stale request: component {} runs here under epoch {} for incarnation {}, not epoch {} incarnation {}",
+                key.index, fragment.key.epoch, fragment.key.incarnation, key.epoch, key.incarnation
+            )),
+            None => Err(format!(
+                "component {} of deployment \"{}\" does not run here",
+                key.index, key.deployment
+            )),
+        }
+    }
+
+    /// The deployment's shared state on this node for a fragment: the one already here, or a
+    /// new one planned from the description the parent sent (and recorded, so that a restarted
+    /// agent knows what it ran).
+    async fn fragment_context(
+        &self,
+        spec: &FragmentSpec,
+    ) -> std::result::Result<Arc<Deployment>, String> {
+        let name = &spec.key.deployment;
+        sd_store::validate_deployment_name(name)
+            .map_err(|_| format!("invalid deployment name \"{name}\""))?;
+        let stale = {
+            let live = lock(&self.inner.live);
+            match live.get(name) {
+                Some(entry) if entry.deployment.epoch == spec.key.epoch => {
+                    return Ok(Arc::clone(&entry.deployment));
+                }
+                Some(entry) if entry.deployment.epoch > spec.key.epoch => {
+                    return Err(format!(
+                        "stale request: this node holds deployment \"{name}\" under epoch {}, newer than {}",
+                        entry.deployment.epoch, spec.key.epoch
+                    ));
+                }
+                Some(entry) => entry
+                    .fragments
+                    .values()
+                    .map(|fragment| fragment.key.clone())
+                    .collect::<Vec<_>>(),
+                None => Vec::new(),
+            }
+        };
+        // A newer epoch fences what an older owner ran here.
+        for key in stale {
+            self.terminate_fragment(&key).await;
+        }
+        let properties = self.inner.services.properties.clone();
+        let (source, description) = (spec.source.clone(), spec.description.clone());
+        let (planned, _) =
+            tokio::task::spawn_blocking(move || prepare(&source, &description, &properties))
+                .await
+                .map_err(|e| format!("planning stopped: {e}"))?
+                .map_err(|e| match e {
+                    Error::InvalidDescription { errors } => errors.join("\n"),
+                    other => other.to_string(),
+                })?;
+        if spec.key.index as usize >= planned.components.len() {
+            return Err(format!(
+                "the description has no component {} (it has {})",
+                spec.key.index,
+                planned.components.len()
+            ));
+        }
+        let now = unix_ms_now();
+        if self.records().deployment_record(name).is_none() {
+            self.records().put_deployment(DeploymentRecord {
+                name: name.clone(),
+                description: spec.description.clone(),
+                source: spec.source.clone(),
+                state: DeploymentState::Running,
+                epoch: spec.key.epoch,
+                root_node: spec.root_node.clone(),
+                created_unix_ms: now,
+                updated_unix_ms: now,
+            });
+        }
+        let deployment = Arc::new(Deployment::new(
+            DeploymentIdentity {
+                name: name.clone(),
+                epoch: spec.key.epoch,
+                description: spec.description.clone(),
+                source: spec.source.clone(),
+                root: spec.root_node.clone(),
+            },
+            planned,
+            Arc::clone(&self.inner.services),
+            HashMap::new(),
+        ));
+        let mut live = lock(&self.inner.live);
+        let entry = live.entry(name.clone()).or_insert_with(|| Live {
+            deployment: Arc::clone(&deployment),
+            root: None,
+            fragments: HashMap::new(),
+        });
+        if entry.deployment.epoch < spec.key.epoch && entry.root.is_none() {
+            entry.deployment = Arc::clone(&deployment);
+        }
+        Ok(Arc::clone(&entry.deployment))
+    }
+
+    /// Runs a component here for a parent on another node: spawned, then deployed.
+    async fn deploy_fragment(&self, spec: FragmentSpec) -> PeerResponse {
+        if self
+            .inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return PeerResponse::Refused(Error::ShuttingDown.to_string());
+        }
+        let deployment = match self.fragment_context(&spec).await {
+            Ok(deployment) => deployment,
+            Err(reason) => {
+                return PeerResponse::Outcome(Err(FailureText {
+                    path: "sfConfig".into(),
+                    reason,
+                }));
+            }
+        };
+        let index = spec.key.index as usize;
+        let path = deployment.plan.components[index].path_text();
+        // A retried or superseded request replaces what ran for an older incarnation.
+        let previous = lock(&self.inner.live)
+            .get(&spec.key.deployment)
+            .and_then(|entry| entry.fragments.get(&index))
+            .map(|fragment| fragment.key.clone());
+        if let Some(previous) = previous {
+            self.terminate_fragment(&previous).await;
+        }
+        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+        let args = Args {
+            deployment: Arc::clone(&deployment),
+            index,
+            parent: ParentRef::Node(ended_tx),
+            incarnation: deployment.next_incarnation(),
+            remote: None,
+            adopt: false,
+        };
+        let component = match Actor::spawn(None, ComponentActor, args).await {
+            Ok((actor, _)) => ComponentRef(actor),
+            Err(error) => {
+                return PeerResponse::Outcome(Err(FailureText {
+                    path,
+                    reason: format!("cannot start its actor: {error}"),
+                }));
+            }
+        };
+        let registered = {
+            let mut live = lock(&self.inner.live);
+            match live.get_mut(&spec.key.deployment) {
+                Some(entry) if Arc::ptr_eq(&entry.deployment, &deployment) => {
+                    entry.fragments.insert(
+                        index,
+                        Fragment {
+                            key: spec.key.clone(),
+                            component: component.clone(),
+                        },
+                    );
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !registered {
+            component.terminate().await;
+            return PeerResponse::Refused("the deployment changed while deploying".into());
+        }
+        tokio::spawn(self.clone().watch_fragment(
+            spec.key.clone(),
+            spec.parent_node.clone(),
+            ended_rx,
+        ));
+        let outcome = component.deploy(&path).await;
+        if outcome.is_err() {
+            // It undid itself; forget it.
+            self.forget_fragment(&spec.key).await;
+        }
+        PeerResponse::Outcome(outcome.map_err(failure_text))
+    }
+
+    /// Waits for a fragment to end on its own, then tells its parent's node (retrying while
+    /// that node is alive) and forgets it here.
+    async fn watch_fragment(
+        self,
+        key: FragmentKey,
+        parent_node: String,
+        mut ended: mpsc::UnboundedReceiver<RootEnded>,
+    ) {
+        let Some(RootEnded { ending, reason }) = ended.recv().await else {
+            // Terminated by its parent: nothing to report.
+            return;
+        };
+        let still_ours = lock(&self.inner.live)
+            .get(&key.deployment)
+            .and_then(|entry| entry.fragments.get(&(key.index as usize)))
+            .is_some_and(|fragment| fragment.key == key);
+        if !still_ours {
+            return;
+        }
+        self.forget_fragment(&key).await;
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return;
+        };
+        let request = PeerRequest::Ended {
+            key,
+            normal: ending == Ending::Normal,
+            reason,
+        };
+        for attempt in 0..20u32 {
+            if peers
+                .call(&parent_node, request.clone(), SHORT_DEADLINE)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if !is_alive(&peers, &parent_node) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(
+                100 * u64::from(attempt + 1),
+            ))
+            .await;
+        }
+    }
+
+    /// Terminates a fragment (if it is the one the key names, or an older one) and forgets it.
+    async fn terminate_fragment(&self, key: &FragmentKey) {
+        let component = {
+            let mut live = lock(&self.inner.live);
+            let Some(entry) = live.get_mut(&key.deployment) else {
+                return;
+            };
+            let index = key.index as usize;
+            match entry.fragments.get(&index) {
+                Some(fragment)
+                    if fragment.key.epoch < key.epoch
+                        || (fragment.key.epoch == key.epoch
+                            && fragment.key.incarnation <= key.incarnation) =>
+                {
+                    entry.fragments.remove(&index).map(|f| f.component)
+                }
+                _ => None,
+            }
+        };
+        if let Some(component) = component {
+            component.terminate().await;
+        }
+        self.release_if_idle(&key.deployment).await;
+    }
+
+    /// Forgets a fragment that ended or failed to deploy.
+    async fn forget_fragment(&self, key: &FragmentKey) {
+        {
+            let mut live = lock(&self.inner.live);
+            if let Some(entry) = live.get_mut(&key.deployment)
+                && entry
+                    .fragments
+                    .get(&(key.index as usize))
+                    .is_some_and(|fragment| fragment.key == *key)
+            {
+                entry.fragments.remove(&(key.index as usize));
+            }
+        }
+        self.release_if_idle(&key.deployment).await;
+    }
+
+    /// Once nothing of a deployment runs here any more and this node is not its root, its
+    /// directory and records go.
+    pub(super) async fn release_if_idle(&self, name: &str) {
+        let deployment = {
+            let mut live = lock(&self.inner.live);
+            match live.get(name) {
+                Some(entry) if entry.root.is_none() && entry.fragments.is_empty() => {
+                    live.remove(name).map(|entry| entry.deployment)
+                }
+                _ => return,
+            }
+        };
+        if let Some(deployment) = deployment {
+            deployment.all_stopped().await;
+            let dir = deployment.dir();
+            let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
+        }
+        let is_fragment_record = self
+            .records()
+            .deployment_record(name)
+            .is_some_and(|record| record.root_node != self.inner.config.name);
+        if is_fragment_record && !lock(&self.inner.live).contains_key(name) {
+            self.records().remove_deployment(name);
+            let _ = self.records().flush().await;
+        }
+    }
+
+    /// A fragment of one of this node's components ended on `from`: its proxy ends with it.
+    fn fragment_ended(&self, from: &str, key: &FragmentKey, normal: bool, reason: Option<String>) {
+        let deployment = lock(&self.inner.live)
+            .get(&key.deployment)
+            .map(|entry| Arc::clone(&entry.deployment));
+        let Some(deployment) = deployment else {
+            return;
+        };
+        if deployment.epoch != key.epoch {
+            return;
+        }
+        let Some(proxy) = deployment.live_component(key.index as usize) else {
+            return;
+        };
+        let ending = if normal {
+            Ending::Normal
+        } else {
+            Ending::Abnormal
+        };
+        let reason = reason.map(|reason| format!("on node \"{from}\": {reason}"));
+        proxy.cast_message(ComponentMsg::RemoteEnded {
+            incarnation: key.incarnation,
+            ending,
+            reason,
+        });
+    }
+
+    /// A node of the cluster was lost: every proxy of a component that ran there ends
+    /// abnormally, so its parent's strategy restarts it elsewhere. Call it only on a side of
+    /// a partition that sees a majority (the cluster layer decides).
+    pub fn peer_lost(&self, node: &str) {
+        let deployments: Vec<Arc<Deployment>> = lock(&self.inner.live)
+            .values()
+            .map(|entry| Arc::clone(&entry.deployment))
+            .collect();
+        for deployment in deployments {
+            for component in deployment.live_components() {
+                component.cast_message(ComponentMsg::NodeLost(node.to_string()));
+            }
+        }
+    }
+
+    /// Every deployment of the cluster, as their roots know them (this node's own records
+    /// where a root cannot be reached).
+    pub async fn cluster_deployments(&self) -> Vec<DeploymentSummary> {
+        let mut found: std::collections::BTreeMap<String, DeploymentSummary> = self
+            .deployments()
+            .into_iter()
+            .map(|summary| (summary.name.clone(), summary))
+            .collect();
+        for (node, answer) in self.ask_every_peer(PeerRequest::Deployments).await {
+            let PeerResponse::Deployments(summaries) = answer else {
+                continue;
+            };
+            for summary in summaries {
+                // A root's own record wins over what a fragment holder has of it.
+                let root_says = summary.root_node == node;
+                let replace = found
+                    .get(&summary.name)
+                    .is_none_or(|known| root_says && known.root_node != self.inner.config.name);
+                if replace {
+                    found.insert(summary.name.clone(), summary);
+                }
+            }
+        }
+        found.into_values().collect()
+    }
+
+    /// One deployment and its components on every node: the root's record, each component
+    /// as the node that runs it reports it (restart counts as its parent's node records them).
+    pub async fn cluster_status(&self, name: &str) -> Result<DeploymentStatus> {
+        let local = self.status(name).ok();
+        let mut views: Vec<(String, DeploymentStatus)> = Vec::new();
+        if let Some(local) = local {
+            views.push((self.inner.config.name.clone(), local));
+        }
+        let request = PeerRequest::Status {
+            deployment: name.to_string(),
+        };
+        for (node, answer) in self.ask_every_peer(request).await {
+            if let PeerResponse::Status(Some(status)) = answer {
+                views.push((node, status));
+            }
+        }
+        merge_views(name, views)
+    }
+
+    /// Terminates a deployment through its root node.
+    pub(super) async fn terminate_at_root(&self, root: &str, name: &str) -> Result<()> {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return Err(Error::NotFound {
+                name: name.to_string(),
+            });
+        };
+        let request = PeerRequest::TerminateDeployment {
+            deployment: name.to_string(),
+        };
+        match peers
+            .call(root, request, crate::cluster::STEP_DEADLINE)
+            .await
+        {
+            Ok(PeerResponse::Done) => Ok(()),
+            Ok(PeerResponse::Refused(why)) => Err(Error::Remote {
+                node: root.to_string(),
+                reason: why,
+            }),
+            Ok(other) => Err(Error::Remote {
+                node: root.to_string(),
+                reason: format!("unexpected answer {other:?}"),
+            }),
+            Err(why) => Err(Error::Remote {
+                node: root.to_string(),
+                reason: why,
+            }),
+        }
+    }
+
+    /// The root node of a deployment this node has no record of, asked of the peers.
+    pub(super) async fn find_root(&self, name: &str) -> Option<String> {
+        self.ask_every_peer(PeerRequest::Deployments)
+            .await
+            .into_iter()
+            .find_map(|(node, answer)| match answer {
+                PeerResponse::Deployments(summaries) => summaries
+                    .iter()
+                    .any(|summary| summary.name == name)
+                    .then_some(node),
+                _ => None,
+            })
+    }
+
+    /// Asks every other alive member at once; those that do not answer are left out.
+    async fn ask_every_peer(&self, request: PeerRequest) -> Vec<(String, PeerResponse)> {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return Vec::new();
+        };
+        let others: Vec<String> = peers
+            .members()
+            .into_iter()
+            .filter(|member| member.alive && member.name != self.inner.config.name)
+            .map(|member| member.name)
+            .collect();
+        let calls = others.into_iter().map(|node| {
+            let peers = Arc::clone(&peers);
+            let request = request.clone();
+            async move {
+                let answer = peers.call(&node, request, SHORT_DEADLINE).await;
+                answer.ok().map(|answer| (node, answer))
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Part of a domain's log on this node.
+    async fn read_log(&self, name: &str, path: &str, offset: u64, max: u32) -> PeerResponse {
+        let file = match self.log_path(name, path) {
+            Ok(file) => file,
+            Err(error) => return PeerResponse::Refused(error.to_string()),
+        };
+        let max = max.min(1 << 20) as usize;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = std::fs::File::open(file)?;
+            file.seek(SeekFrom::Start(offset))?;
+            let mut bytes = Vec::with_capacity(max.min(64 << 10));
+            file.take(max as u64).read_to_end(&mut bytes)?;
+            let next = offset + bytes.len() as u64;
+            Ok((bytes, next))
+        })
+        .await;
+        match read {
+            Ok(Ok((bytes, next))) => PeerResponse::Log { bytes, next },
+            Ok(Err(error)) => PeerResponse::Refused(format!("cannot read the log: {error}")),
+            Err(error) => PeerResponse::Refused(format!("reading stopped: {error}")),
+        }
+    }
+}
+
+fn failure_text(failure: crate::component::Failure) -> FailureText {
+    FailureText {
+        path: failure.path,
+        reason: failure.reason,
+    }
+}
+
+/// One deployment's status from the views of several nodes: the summary from its root, each
+/// component from the node it runs on (its proxy's node knows its restarts).
+fn merge_views(name: &str, views: Vec<(String, DeploymentStatus)>) -> Result<DeploymentStatus> {
+    let root_view = views
+        .iter()
+        .position(|(node, view)| view.deployment.root_node == *node)
+        .or(if views.is_empty() { None } else { Some(0) });
+    let Some(root_view) = root_view else {
+        return Err(Error::NotFound {
+            name: name.to_string(),
+        });
+    };
+    let mut merged = views[root_view].1.clone();
+    for (node, view) in &views {
+        for component in &view.components {
+            let runs_there = component.node == *node;
+            match merged
+                .components
+                .iter_mut()
+                .find(|known| known.path == component.path)
+            {
+                Some(known) if runs_there => {
+                    let restarts = known.restarts.max(component.restarts);
+                    *known = component.clone();
+                    known.restarts = restarts;
+                }
+                Some(_) => {}
+                None => merged.components.push(component.clone()),
+            }
+        }
+    }
+    merged.deployment.components = merged.components.len();
+    merged.deployment.running = merged
+        .components
+        .iter()
+        .filter(|c| c.state == sd_proto::ComponentState::Running)
+        .count();
+    sort_tree(&mut merged.components);
+    Ok(merged)
+}
+
+/// Parents before children, children in the order they were first seen.
+fn sort_tree(components: &mut [sd_proto::ComponentStatus]) {
+    let order: HashMap<String, usize> = components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.path.clone(), i))
+        .collect();
+    let key = |path: &str| -> Vec<usize> {
+        let parts: Vec<&str> = path.split(':').collect();
+        (1..=parts.len())
+            .map(|n| {
+                order
+                    .get(&parts[..n].join(":"))
+                    .copied()
+                    .unwrap_or(usize::MAX)
+            })
+            .collect()
+    };
+    components.sort_by_cached_key(|c| key(&c.path));
+}

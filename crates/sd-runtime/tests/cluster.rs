@@ -1,0 +1,363 @@
+//! Several nodes in one process, joined by an in-process [`Peers`]: components placed on other
+//! nodes (pinned and scheduled), status and terminate from any node, a lost node's components
+//! restarted elsewhere, a pinned component waiting for its node, and clean hosts afterwards.
+//! The real transport (QUIC, gossip) is tested in sd-net, sd-gossip and the end-to-end tests;
+//! here every request still crosses the same `serve_peer` entry point.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use sd_placement::{NodeView, Resources};
+use sd_proto::peer::{PeerRequest, PeerResponse};
+use sd_proto::{ComponentState, DeployRequest, DeploymentState, DeploymentStatus};
+use sd_runtime::{Node, NodeConfig, Peers};
+
+/// The cluster's members: each node and whether it is reachable.
+#[derive(Default)]
+struct Registry {
+    nodes: Mutex<HashMap<String, (Option<Node>, bool)>>,
+}
+
+struct LocalPeers {
+    me: String,
+    registry: Arc<Registry>,
+}
+
+impl Peers for LocalPeers {
+    fn call(
+        &self,
+        node: &str,
+        request: PeerRequest,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<PeerResponse, String>> {
+        let target = match self.registry.nodes.lock().unwrap().get(node) {
+            Some((Some(target), true)) => Some(target.clone()),
+            _ => None,
+        };
+        let (me, node) = (self.me.clone(), node.to_string());
+        Box::pin(async move {
+            let target = target.ok_or_else(|| format!("node \"{node}\" is unreachable"))?;
+            tokio::time::timeout(
+                deadline,
+                async move { target.serve_peer(&me, request).await },
+            )
+            .await
+            .map_err(|_| format!("node \"{node}\" did not answer in time"))
+        })
+    }
+
+    fn members(&self) -> Vec<NodeView> {
+        let mut members: Vec<NodeView> = self
+            .registry
+            .nodes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, (_, alive))| {
+                let view = NodeView::new(name.clone(), Resources::new(8, 8192));
+                if *alive { view } else { view.down() }
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members
+    }
+}
+
+struct Cluster {
+    registry: Arc<Registry>,
+    nodes: HashMap<String, Node>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn new(names: &[&str]) -> Cluster {
+        let registry = Arc::new(Registry::default());
+        for name in names {
+            registry
+                .nodes
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), (None, true));
+        }
+        let mut nodes = HashMap::new();
+        let mut dirs = Vec::new();
+        for name in names {
+            let dir = tempfile::tempdir().unwrap();
+            let peers: Arc<dyn Peers> = Arc::new(LocalPeers {
+                me: name.to_string(),
+                registry: Arc::clone(&registry),
+            });
+            let node = Node::open(NodeConfig {
+                name: name.to_string(),
+                data_dir: dir.path().to_path_buf(),
+                vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
+                peers: Some(peers),
+            })
+            .await
+            .unwrap();
+            registry
+                .nodes
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), (Some(node.clone()), true));
+            nodes.insert(name.to_string(), node);
+            dirs.push(dir);
+        }
+        Cluster {
+            registry,
+            nodes,
+            _dirs: dirs,
+        }
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        &self.nodes[name]
+    }
+
+    fn set_alive(&self, name: &str, alive: bool) {
+        if let Some(entry) = self.registry.nodes.lock().unwrap().get_mut(name) {
+            entry.1 = alive;
+        }
+    }
+
+    async fn deploy(&self, from: &str, name: &str, body: &str) {
+        self.node(from)
+            .deploy(DeployRequest {
+                name: name.into(),
+                description: format!("#include \"prelude.sf\"\n{body}"),
+                source: format!("{name}.sf"),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn wait(
+        &self,
+        from: &str,
+        name: &str,
+        check: impl Fn(&DeploymentStatus) -> bool,
+    ) -> DeploymentStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.node(from).cluster_status(name).await;
+            if let Ok(status) = &status
+                && check(status)
+            {
+                return status.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting; last status: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn component<'s>(status: &'s DeploymentStatus, path: &str) -> &'s sd_proto::ComponentStatus {
+    status
+        .components
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("no component {path} in {status:#?}"))
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+const PINNED: &str = r#"
+sfConfig extends Compound {
+  sfLivenessDelay 1;
+  here extends ProcessDomain { command [| "/bin/sleep", "300" |]; }
+  there extends Compound {
+    sfProcessHost "node-b";
+    worker extends ProcessDomain { command [| "/bin/sleep", "300" |]; }
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_component_runs_on_its_node_and_any_node_sees_and_terminates_it() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    cluster.deploy("node-a", "pinned", PINNED).await;
+    let status = cluster
+        .wait("node-c", "pinned", |s| {
+            s.deployment.state == DeploymentState::Running
+                && s.components
+                    .iter()
+                    .all(|c| c.state == ComponentState::Running)
+        })
+        .await;
+    assert_eq!(status.deployment.root_node, "node-a");
+    assert_eq!(component(&status, "sfConfig:here").node, "node-a");
+    assert_eq!(component(&status, "sfConfig:there").node, "node-b");
+    let worker = component(&status, "sfConfig:there:worker");
+    assert_eq!(worker.node, "node-b");
+    let pid = worker.pid.unwrap();
+    assert!(process_alive(pid));
+    // The worker's process runs with node-b's data dir.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("SD_NODE=node-b"));
+    // Listed from every node, with its root.
+    for node in ["node-a", "node-b", "node-c"] {
+        let listed = cluster.node(node).cluster_deployments().await;
+        assert_eq!(listed.len(), 1, "{node}: {listed:?}");
+        assert_eq!(listed[0].root_node, "node-a");
+    }
+    // Terminated from a node that holds nothing of it.
+    cluster.node("node-c").terminate("pinned").await.unwrap();
+    assert!(!process_alive(pid));
+    for node in ["node-a", "node-b", "node-c"] {
+        assert!(cluster.node(node).deployments().is_empty(), "{node}");
+    }
+    for dir in &cluster._dirs {
+        let deployments = dir.path().join("deployments");
+        let left: Vec<_> = std::fs::read_dir(&deployments)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+const SCHEDULED_POOL: &str = r#"
+sfConfig extends Compound {
+  sfLivenessDelay 1;
+  sched extends Scheduler { sdPlacement "spread"; }
+  pool extends Pool {
+    replicas 4;
+    scheduler LAZY sched;
+    sdRestartStrategy "one_for_one";
+    sdMaxRestarts 10;
+    sdRestartWindow 60;
+    template extends LAZY Compound {
+      worker extends ProcessDomain { memory 100; command [| "/bin/sleep", "300" |]; }
+    }
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_replicas_come_back_on_the_others() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    cluster.deploy("node-a", "ha", SCHEDULED_POOL).await;
+    let running = |s: &DeploymentStatus| {
+        s.deployment.state == DeploymentState::Running
+            && s.components
+                .iter()
+                .filter(|c| c.path.ends_with(":worker"))
+                .filter(|c| c.state == ComponentState::Running)
+                .count()
+                == 4
+    };
+    let status = cluster.wait("node-a", "ha", running).await;
+    let on = |status: &DeploymentStatus, node: &str| {
+        status
+            .components
+            .iter()
+            .filter(|c| c.path.ends_with(":worker") && c.node == node)
+            .count()
+    };
+    // Spread: every node has one or two of the four.
+    for node in ["node-a", "node-b", "node-c"] {
+        assert!((1..=2).contains(&on(&status, node)), "{status:#?}");
+    }
+    let lost: Vec<u32> = status
+        .components
+        .iter()
+        .filter(|c| c.path.ends_with(":worker") && c.node == "node-c")
+        .filter_map(|c| c.pid)
+        .collect();
+    // node-c is lost: unreachable, and seen lost by the others.
+    cluster.set_alive("node-c", false);
+    cluster.node("node-a").peer_lost("node-c");
+    cluster.node("node-b").peer_lost("node-c");
+    let healed = cluster
+        .wait("node-a", "ha", |s| {
+            running(s)
+                && s.components
+                    .iter()
+                    .filter(|c| c.path.ends_with(":worker"))
+                    .all(|c| c.node != "node-c")
+        })
+        .await;
+    assert!(
+        healed
+            .components
+            .iter()
+            .filter(|c| c.path.ends_with(":r1") || c.path.ends_with(":r2"))
+            .all(|c| c.state == ComponentState::Running),
+        "{healed:#?}"
+    );
+    // The lost node's processes are its own business (a lost machine takes them with it);
+    // here they still run, so stop them the way its agent would have.
+    cluster.set_alive("node-c", true);
+    cluster.node("node-a").terminate("ha").await.unwrap();
+    for pid in &lost {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    assert!(cluster.node("node-a").deployments().is_empty());
+    assert!(cluster.node("node-b").deployments().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_pinned_to_a_down_node_waits_for_it_visibly() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    cluster.set_alive("node-b", false);
+    cluster.deploy("node-a", "waits", PINNED).await;
+    let waiting = cluster
+        .wait("node-a", "waits", |s| {
+            s.components.iter().any(|c| {
+                c.path == "sfConfig:there"
+                    && c.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("node-b"))
+            })
+        })
+        .await;
+    assert_eq!(waiting.deployment.state, DeploymentState::Deploying);
+    cluster.set_alive("node-b", true);
+    let status = cluster
+        .wait("node-a", "waits", |s| {
+            s.deployment.state == DeploymentState::Running
+        })
+        .await;
+    assert_eq!(component(&status, "sfConfig:there:worker").node, "node-b");
+    cluster.node("node-b").terminate("waits").await.unwrap();
+    assert!(cluster.node("node-b").deployments().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_that_fails_is_restarted_by_its_remote_parent() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    cluster.deploy("node-a", "crash", PINNED).await;
+    let status = cluster
+        .wait("node-a", "crash", |s| {
+            s.deployment.state == DeploymentState::Running
+        })
+        .await;
+    let pid = component(&status, "sfConfig:there:worker").pid.unwrap();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    // The default strategy of a Compound restarts the failed child where it was pinned.
+    let restarted = cluster
+        .wait("node-a", "crash", |s| {
+            let worker = component(s, "sfConfig:there:worker");
+            worker.state == ComponentState::Running && worker.pid.is_some_and(|p| p != pid)
+        })
+        .await;
+    assert_eq!(component(&restarted, "sfConfig:there").node, "node-b");
+    cluster.node("node-a").terminate("crash").await.unwrap();
+}
