@@ -44,6 +44,7 @@ pub(crate) fn build(node: Node, token: String, closing: Arc<watch::Sender<bool>>
     let deployment = format!("{API_PREFIX}/deployments/{{name}}");
     Router::new()
         .route(&format!("{API_PREFIX}/node"), get(node_info))
+        .route(&format!("{API_PREFIX}/nodes"), get(nodes))
         .route(&format!("{API_PREFIX}/deployments"), get(list).post(deploy))
         .route(&deployment, get(status).delete(terminate))
         .route(&format!("{deployment}/logs"), get(logs))
@@ -78,6 +79,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Failure {
 /// `GET /v1/node`.
 async fn node_info(State(state): State<AppState>) -> Json<NodeInfo> {
     Json(state.node.info())
+}
+
+/// `GET /v1/nodes`: the cluster's members as this node sees them.
+async fn nodes(State(state): State<AppState>) -> Json<Vec<sd_proto::MemberInfo>> {
+    Json(state.node.nodes())
 }
 
 /// `GET /v1/deployments`.

@@ -125,6 +125,9 @@ pub struct DeploymentSummary {
     pub components: usize,
     /// How many of them are running.
     pub running: usize,
+    /// The epoch of its placement: one more each time another node takes it over.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// One component, as `sd status` shows it.

@@ -23,6 +23,28 @@ pub trait Peers: Send + Sync + 'static {
 
     /// Every known member, this node included, dead ones too (they count for majorities).
     fn members(&self) -> Vec<NodeView>;
+
+    /// Every known member as `sd nodes` shows it.
+    fn describe(&self) -> Vec<sd_proto::MemberInfo> {
+        self.members()
+            .into_iter()
+            .map(|view| sd_proto::MemberInfo {
+                name: view.name,
+                state: if view.alive { "alive" } else { "dead" }.to_string(),
+                generation: 0,
+                peer_addr: String::new(),
+                api_url: None,
+                vcpus: view.capacity.vcpus,
+                free_vcpus: view.free.vcpus,
+                memory_mib: view.capacity.memory_mib,
+                free_memory_mib: view.free.memory_mib,
+                labels: view.labels,
+                version: String::new(),
+                accelerator: String::new(),
+                is_self: false,
+            })
+            .collect()
+    }
 }
 
 /// The members alive now, and whether they are a strict majority of the known members: only a

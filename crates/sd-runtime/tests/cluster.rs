@@ -361,3 +361,74 @@ async fn a_fragment_that_fails_is_restarted_by_its_remote_parent() {
     assert_eq!(component(&restarted, "sfConfig:there").node, "node-b");
     cluster.node("node-a").terminate("crash").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_root_is_taken_over_adopting_what_runs_elsewhere_and_steps_down_when_back() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    cluster.deploy("node-a", "succ", SCHEDULED_POOL).await;
+    let running = |s: &DeploymentStatus| {
+        s.deployment.state == DeploymentState::Running
+            && s.components
+                .iter()
+                .filter(|c| c.path.ends_with(":worker") && c.state == ComponentState::Running)
+                .count()
+                == 4
+    };
+    let before = cluster.wait("node-b", "succ", running).await;
+    let pids_elsewhere: Vec<(String, u32)> = before
+        .components
+        .iter()
+        .filter(|c| c.path.ends_with(":worker") && c.node != "node-a")
+        .map(|c| (c.path.clone(), c.pid.unwrap()))
+        .collect();
+    assert!(!pids_elsewhere.is_empty(), "{before:#?}");
+    // Every peer holds a replica before the root goes.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.set_alive("node-a", false);
+    cluster.node("node-b").peer_lost("node-a");
+    cluster.node("node-c").peer_lost("node-a");
+    let after = cluster
+        .wait("node-c", "succ", |s| {
+            s.deployment.root_node != "node-a"
+                && running(s)
+                && s.components.iter().all(|c| c.node != "node-a")
+        })
+        .await;
+    assert!(
+        after.deployment.epoch > before.deployment.epoch,
+        "{after:#?}"
+    );
+    // What ran on the surviving nodes was adopted, not started again.
+    for (path, pid) in &pids_elsewhere {
+        assert_eq!(
+            component(&after, path).pid,
+            Some(*pid),
+            "{path}: {after:#?}"
+        );
+    }
+    // The old root comes back (a healed partition): it learns the newer epoch and steps down,
+    // stopping its own instances; exactly one instance of each worker remains.
+    let old_pids: Vec<u32> = before
+        .components
+        .iter()
+        .filter(|c| c.path.ends_with(":worker") && c.node == "node-a")
+        .filter_map(|c| c.pid)
+        .collect();
+    cluster.set_alive("node-a", true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old_pids.iter().any(|&pid| process_alive(pid)) {
+        assert!(Instant::now() < deadline, "the old root kept its instances");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settled = cluster.wait("node-a", "succ", running).await;
+    assert_eq!(settled.deployment.root_node, after.deployment.root_node);
+    let new_root = after.deployment.root_node.clone();
+    cluster.node("node-a").terminate("succ").await.unwrap();
+    for node in ["node-a", "node-b", "node-c"] {
+        let left = cluster.node(node).cluster_deployments().await;
+        assert!(left.is_empty(), "{node} ({new_root} was root): {left:?}");
+    }
+    for (_, pid) in &pids_elsewhere {
+        assert!(!process_alive(*pid));
+    }
+}

@@ -1,7 +1,10 @@
 //! `sd agent`: runs this node: its runtime and its API, until SIGTERM or SIGINT.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,6 +19,10 @@ use crate::output::say;
 
 /// Where the API listens when neither a flag nor the config file says.
 const DEFAULT_API_LISTEN: &str = "127.0.0.1:4680";
+/// Where the node gossips by default.
+const DEFAULT_GOSSIP_LISTEN: &str = "127.0.0.1:4681";
+/// Where peers reach the node by default.
+const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:4682";
 
 /// How long the runtime's last tasks get once the agent has stopped serving.
 const RUNTIME_GRACE: Duration = Duration::from_secs(2);
@@ -41,6 +48,23 @@ pub struct AgentArgs {
     /// [config key `vm_accelerator`; default auto].
     #[arg(long, value_name = "auto|kvm|tcg")]
     pub vm_accelerator: Option<String>,
+    /// The cluster's directory (`sd cluster init`): its CA, its gossip key and this node's
+    /// certificate. Without it the node runs alone [config key `cluster_dir`].
+    #[arg(long, value_name = "DIR")]
+    pub cluster_dir: Option<PathBuf>,
+    /// Where this node gossips (UDP) [config key `gossip_listen`; default 127.0.0.1:4681].
+    #[arg(long, value_name = "ADDR")]
+    pub gossip_listen: Option<String>,
+    /// Where peers reach this node (QUIC) [config key `peer_listen`; default 127.0.0.1:4682].
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<String>,
+    /// The gossip address of a node to join through; repeat for several [config key `join`].
+    #[arg(long, value_name = "ADDR")]
+    pub join: Vec<String>,
+    /// A label of this node, `KEY=VALUE`, that `sdConstraints` match; repeatable
+    /// [config key `labels`, a table].
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
 }
 
 /// The config file.
@@ -51,6 +75,23 @@ struct AgentConfig {
     data_dir: Option<PathBuf>,
     api_listen: Option<String>,
     vm_accelerator: Option<String>,
+    cluster_dir: Option<PathBuf>,
+    gossip_listen: Option<String>,
+    peer_listen: Option<String>,
+    #[serde(default)]
+    join: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// How the node joins its cluster.
+#[derive(Debug)]
+struct ClusterSettings {
+    dir: PathBuf,
+    gossip_listen: SocketAddr,
+    peer_listen: SocketAddr,
+    join: Vec<SocketAddr>,
+    labels: BTreeMap<String, String>,
 }
 
 /// The settings once flags and config file are merged.
@@ -60,6 +101,12 @@ struct Settings {
     data_dir: PathBuf,
     api_listen: String,
     vm_accelerator: Option<Accelerator>,
+    cluster: Option<ClusterSettings>,
+}
+
+fn address(flag: &str, text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{flag} \"{text}\" is not an address such as 127.0.0.1:4681"))
 }
 
 fn read_config(path: &Path) -> Result<AgentConfig, String> {
@@ -112,11 +159,49 @@ fn settings(args: &AgentArgs) -> Result<Settings, String> {
             ));
         }
     };
+    let cluster = match args.cluster_dir.clone().or(config.cluster_dir) {
+        None => None,
+        Some(dir) => {
+            let gossip_listen = args
+                .gossip_listen
+                .clone()
+                .or(config.gossip_listen)
+                .unwrap_or_else(|| DEFAULT_GOSSIP_LISTEN.to_string());
+            let peer_listen = args
+                .peer_listen
+                .clone()
+                .or(config.peer_listen)
+                .unwrap_or_else(|| DEFAULT_PEER_LISTEN.to_string());
+            let joins = if args.join.is_empty() {
+                config.join
+            } else {
+                args.join.clone()
+            };
+            let mut labels = config.labels;
+            for label in &args.label {
+                let (key, value) = label
+                    .split_once('=')
+                    .ok_or_else(|| format!("--label \"{label}\" must be KEY=VALUE"))?;
+                labels.insert(key.to_string(), value.to_string());
+            }
+            Some(ClusterSettings {
+                dir,
+                gossip_listen: address("--gossip-listen", &gossip_listen)?,
+                peer_listen: address("--peer-listen", &peer_listen)?,
+                join: joins
+                    .iter()
+                    .map(|text| address("--join", text))
+                    .collect::<Result<_, _>>()?,
+                labels,
+            })
+        }
+    };
     Ok(Settings {
         name,
         data_dir,
         api_listen,
         vm_accelerator,
+        cluster,
     })
 }
 
@@ -175,26 +260,41 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         data_dir,
         api_listen,
         vm_accelerator,
+        cluster,
     } = settings;
     // Before anything starts, so that a signal sent as soon as the agent is up is not lost.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    // The API's address is published in gossip, so it is bound first.
+    let listener = TcpListener::bind(&api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {api_listen}"))?;
+    let api_address = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    let joined = match &cluster {
+        None => None,
+        Some(cluster) => Some(join(&name, cluster, api_address, vm_accelerator).await?),
+    };
     let node = Node::open(NodeConfig {
         name: name.clone(),
         data_dir: data_dir.clone(),
         vm_accelerator,
-        peers: None,
+        peers: joined.as_ref().map(|(_, peers)| Arc::clone(peers)),
     })
     .await
     .with_context(|| format!("cannot open node {name} on `{}`", data_dir.display()))?;
+    if let Some((cluster, _)) = &joined {
+        cluster.attach(node.clone());
+        say(&format!(
+            "sd agent {name}: peers on {} (QUIC, mutual TLS), gossip on {}",
+            cluster.peer_addr(),
+            cluster.gossip_addr()
+        ));
+    }
     let served = async {
         let token = sd_api::load_or_create_token(&data_dir)?;
-        let listener = TcpListener::bind(&api_listen)
-            .await
-            .with_context(|| format!("cannot listen on {api_listen}"))?;
-        let address = listener
-            .local_addr()
-            .context("the listener has no address")?;
+        let address = api_address;
         sd_api::write_url_file(&data_dir, address)?;
         say(&format!(
             "sd agent {name}: api on http://{address}, data in {}",
@@ -222,10 +322,69 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Whatever happened, make the records durable; the workloads keep running by design,
     // and the next agent on this data dir adopts them.
     node.shutdown().await;
+    if let Some((cluster, _)) = &joined {
+        cluster.shutdown().await;
+    }
     // The store is still ours (locked), so the URL file is this agent's or a dead one's.
     let removed = sd_api::remove_url_file(&data_dir);
     served?;
     Ok(removed?)
+}
+
+/// Joins the cluster: loads this node's identity, starts the transport and the gossip.
+async fn join(
+    name: &str,
+    settings: &ClusterSettings,
+    api_address: SocketAddr,
+    vm_accelerator: Option<Accelerator>,
+) -> anyhow::Result<(sd_cluster::Cluster, Arc<dyn sd_runtime::Peers>)> {
+    let identity = sd_net::Identity::load(&settings.dir, name).with_context(|| {
+        format!(
+            "cannot load node {name}'s identity from `{}` (make one with `sd cluster issue {name} --dir {}`)",
+            settings.dir.display(),
+            settings.dir.display()
+        )
+    })?;
+    let config = sd_cluster::ClusterConfig {
+        identity,
+        peer_listen: settings.peer_listen,
+        gossip_listen: settings.gossip_listen,
+        seeds: settings.join.clone(),
+        api_url: Some(format!("http://{api_address}")),
+        labels: settings.labels.clone(),
+        capacity: host_capacity(),
+        generation: sd_store::unix_ms_now(),
+        accelerator: match vm_accelerator {
+            Some(Accelerator::Kvm) => "kvm".into(),
+            Some(Accelerator::Tcg) => "tcg".into(),
+            None => "auto".into(),
+        },
+    };
+    sd_cluster::Cluster::start(config)
+        .await
+        .context("cannot join the cluster")
+}
+
+/// What this host offers domains: its CPUs and its memory.
+fn host_capacity() -> sd_gossip::Resources {
+    let vcpus = std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib / 1024);
+    sd_gossip::Resources { vcpus, memory_mib }
 }
 
 #[cfg(test)]
@@ -239,6 +398,11 @@ mod tests {
             config,
             api_listen: None,
             vm_accelerator: None,
+            cluster_dir: None,
+            gossip_listen: None,
+            peer_listen: None,
+            join: Vec::new(),
+            label: Vec::new(),
         }
     }
 

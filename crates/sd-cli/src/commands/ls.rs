@@ -80,6 +80,7 @@ mod tests {
             created_unix_ms: now_unix_ms() - 65_000,
             components: 3,
             running: 2,
+            epoch: 1,
         };
         let text = ls_table(&[web]);
         let lines: Vec<&str> = text.lines().collect();

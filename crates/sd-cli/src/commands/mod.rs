@@ -3,11 +3,13 @@
 //! [`crate::client`]; `demo` shows them at work on a throwaway agent.
 
 mod agent;
+mod cluster;
 mod demo;
 mod deploy;
 mod describe;
 mod logs;
 mod ls;
+mod nodes;
 mod status;
 mod terminate;
 
@@ -24,6 +26,11 @@ pub enum Command {
     Validate(describe::DescriptionArgs),
     /// Run this node's agent: its runtime and its API, until SIGTERM or SIGINT.
     Agent(agent::AgentArgs),
+    /// Create a cluster's certificate authority and keys, or issue a node's certificate.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// List the cluster's nodes: state, capacity, free capacity, accelerator, labels.
+    Nodes(nodes::NodesArgs),
     /// Resolve a description here and deploy it on the agent under a name.
     Deploy(deploy::DeployArgs),
     /// Terminate a deployment: every component, in reverse order, leaving nothing behind.
@@ -52,6 +59,8 @@ pub fn run(command: Command) -> ExitCode {
         Command::Resolve(args) => describe::resolve(&args),
         Command::Validate(args) => describe::validate(&args),
         Command::Agent(args) => agent::agent(&args),
+        Command::Cluster(command) => cluster::cluster(&command),
+        Command::Nodes(args) => nodes::nodes(&args),
         Command::Deploy(args) => deploy::deploy(&args),
         Command::Terminate(args) => terminate::terminate(&args),
         Command::Status(args) => status::status(&args),

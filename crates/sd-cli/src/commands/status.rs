@@ -152,6 +152,7 @@ mod tests {
                 created_unix_ms: now - 7_000,
                 components: 2,
                 running: 1,
+                epoch: 1,
             },
             components: vec![
                 component("sfConfig", "Compound", ComponentState::Running, None, None),

@@ -315,7 +315,13 @@ async fn spawn(
     deployment: &Arc<Deployment>,
     slot: &mut Slot,
 ) -> Outcome {
-    let remote = wait_for_placement(myself, deployment, slot.index).await?;
+    let (remote, adopt) = match deployment.take_adoption(slot.index) {
+        Some(node) => (Some(node), true),
+        None => (
+            wait_for_placement(myself, deployment, slot.index).await?,
+            false,
+        ),
+    };
     let incarnation = deployment.next_incarnation();
     let args = Args {
         deployment: Arc::clone(deployment),
@@ -323,7 +329,7 @@ async fn spawn(
         parent: ParentRef::Component(ComponentRef(myself.clone())),
         incarnation,
         remote,
-        adopt: false,
+        adopt,
     };
     let (actor, _) = Actor::spawn_linked(None, ComponentActor, args, myself.get_cell())
         .await

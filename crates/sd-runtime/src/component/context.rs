@@ -62,6 +62,9 @@ pub(crate) struct Deployment {
     live: watch::Sender<usize>,
     /// The previous agent's records, by plan index, while recovering.
     recovered: Mutex<HashMap<usize, ComponentRecord>>,
+    /// After a takeover: the components that still run on other nodes (plan index -> node),
+    /// to adopt there rather than start again.
+    adoptions: Mutex<HashMap<usize, String>>,
 }
 
 /// What names a deployment's run on this node: shared by its root and its fragments.
@@ -115,6 +118,7 @@ impl Deployment {
             incarnations: AtomicU64::new(1),
             live: watch::Sender::new(0),
             recovered: Mutex::new(recovered),
+            adoptions: Mutex::default(),
         }
     }
 
@@ -175,6 +179,22 @@ impl Deployment {
             },
             change,
         );
+    }
+
+    /// Sets the components to adopt where they run (a takeover).
+    pub fn set_adoptions(&self, adoptions: HashMap<usize, String>) {
+        *self
+            .adoptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = adoptions;
+    }
+
+    /// The node the component at `index` still runs on, to adopt it there (taken once).
+    pub fn take_adoption(&self, index: usize) -> Option<String> {
+        self.adoptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&index)
     }
 
     /// The node the component at `index` was last recorded on.

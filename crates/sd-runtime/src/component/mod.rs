@@ -350,12 +350,14 @@ impl Actor for ComponentActor {
             deployment,
         };
         state.record(ComponentState::Deploying, None);
-        if let Work::Remote(remote) = &state.work {
-            let node = remote.node.clone();
-            state
-                .deployment
-                .record(state.index, |record| record.node = node);
-        }
+        // A restarted component may run elsewhere than its previous incarnation did.
+        let node = match &state.work {
+            Work::Remote(remote) => remote.node.clone(),
+            _ => state.deployment.services.node.clone(),
+        };
+        state
+            .deployment
+            .record(state.index, |record| record.node = node);
         Ok(state)
     }
 

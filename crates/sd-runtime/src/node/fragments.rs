@@ -35,13 +35,7 @@ impl Node {
         match request {
             PeerRequest::Info => PeerResponse::Info(self.info()),
             PeerRequest::Deploy(spec) => self.deploy_fragment(spec).await,
-            PeerRequest::Start(key) => match self.fragment(&key) {
-                Err(why) => PeerResponse::Refused(why),
-                Ok((deployment, component)) => {
-                    let path = deployment.plan.components[key.index as usize].path_text();
-                    PeerResponse::Outcome(component.start(&path).await.map_err(failure_text))
-                }
-            },
+            PeerRequest::Start(key) => self.start_fragment(&key).await,
             PeerRequest::Ping(key) => match self.fragment(&key) {
                 Err(why) => PeerResponse::Alive(Err(why)),
                 Ok((_, component)) => PeerResponse::Alive(component.ping(LOCAL_PING).await),
@@ -68,9 +62,8 @@ impl Node {
                     Err(error) => PeerResponse::Refused(error.to_string()),
                 }
             }
-            PeerRequest::Replicate(_) | PeerRequest::Forget { .. } => {
-                PeerResponse::Refused("replicas are not kept by this version".into())
-            }
+            PeerRequest::Replicate(replica) => self.receive_replica(replica),
+            PeerRequest::Forget { deployment, epoch } => self.forget_replica(&deployment, epoch),
             PeerRequest::ReadLog {
                 deployment,
                 path,
@@ -115,9 +108,32 @@ impl Node {
         }
     }
 
+    /// Starts a deployed fragment; one just adopted by a new owner runs already.
+    async fn start_fragment(&self, key: &FragmentKey) -> PeerResponse {
+        let adopted = {
+            let mut live = lock(&self.inner.live);
+            live.get_mut(&key.deployment)
+                .and_then(|entry| entry.fragments.get_mut(&(key.index as usize)))
+                .filter(|fragment| fragment.key == *key)
+                .is_some_and(|fragment| std::mem::take(&mut fragment.adopted))
+        };
+        if adopted {
+            return PeerResponse::Outcome(Ok(()));
+        }
+        match self.fragment(key) {
+            Err(why) => PeerResponse::Refused(why),
+            Ok((deployment, component)) => {
+                let path = deployment.plan.components[key.index as usize].path_text();
+                PeerResponse::Outcome(component.start(&path).await.map_err(failure_text))
+            }
+        }
+    }
+
     /// The deployment's shared state on this node for a fragment: the one already here, or a
     /// new one planned from the description the parent sent (and recorded, so that a restarted
-    /// agent knows what it ran).
+    /// agent knows what it ran). A request under an older epoch than this node knows is
+    /// refused; a newer epoch is adopted, and fragments of older ones that its owner does not
+    /// adopt soon are swept away.
     async fn fragment_context(
         &self,
         spec: &FragmentSpec,
@@ -125,29 +141,21 @@ impl Node {
         let name = &spec.key.deployment;
         sd_store::validate_deployment_name(name)
             .map_err(|_| format!("invalid deployment name \"{name}\""))?;
-        let stale = {
-            let live = lock(&self.inner.live);
-            match live.get(name) {
-                Some(entry) if entry.deployment.epoch == spec.key.epoch => {
-                    return Ok(Arc::clone(&entry.deployment));
-                }
-                Some(entry) if entry.deployment.epoch > spec.key.epoch => {
+        {
+            let mut live = lock(&self.inner.live);
+            if let Some(entry) = live.get_mut(name) {
+                if spec.key.epoch < entry.epoch {
                     return Err(format!(
                         "stale request: this node holds deployment \"{name}\" under epoch {}, newer than {}",
-                        entry.deployment.epoch, spec.key.epoch
+                        entry.epoch, spec.key.epoch
                     ));
                 }
-                Some(entry) => entry
-                    .fragments
-                    .values()
-                    .map(|fragment| fragment.key.clone())
-                    .collect::<Vec<_>>(),
-                None => Vec::new(),
+                if spec.key.epoch > entry.epoch {
+                    entry.epoch = spec.key.epoch;
+                    tokio::spawn(self.clone().sweep_stale(name.clone(), spec.key.epoch));
+                }
+                return Ok(Arc::clone(&entry.deployment));
             }
-        };
-        // A newer epoch fences what an older owner ran here.
-        for key in stale {
-            self.terminate_fragment(&key).await;
         }
         let properties = self.inner.services.properties.clone();
         let (source, description) = (spec.source.clone(), spec.description.clone());
@@ -196,14 +204,36 @@ impl Node {
             deployment: Arc::clone(&deployment),
             root: None,
             fragments: HashMap::new(),
+            epoch: spec.key.epoch,
         });
-        if entry.deployment.epoch < spec.key.epoch && entry.root.is_none() {
-            entry.deployment = Arc::clone(&deployment);
-        }
         Ok(Arc::clone(&entry.deployment))
     }
 
-    /// Runs a component here for a parent on another node: spawned, then deployed.
+    /// How long fragments of an older epoch wait to be adopted by the new owner.
+    const ADOPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+
+    /// After a grace period, terminates the fragments of `name` still keyed under an epoch
+    /// older than `epoch`: their owner was replaced, and the new one did not adopt them.
+    async fn sweep_stale(self, name: String, epoch: u64) {
+        tokio::time::sleep(Self::ADOPTION_GRACE).await;
+        let stale: Vec<FragmentKey> = lock(&self.inner.live)
+            .get(&name)
+            .map(|entry| {
+                entry
+                    .fragments
+                    .values()
+                    .filter(|fragment| fragment.key.epoch < epoch)
+                    .map(|fragment| fragment.key.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in stale {
+            self.terminate_fragment(&key).await;
+        }
+    }
+
+    /// Runs a component here for a parent on another node: spawned, then deployed; or, for a
+    /// new owner after a takeover, the fragment already running here is re-keyed and kept.
     async fn deploy_fragment(&self, spec: FragmentSpec) -> PeerResponse {
         if self
             .inner
@@ -223,6 +253,9 @@ impl Node {
         };
         let index = spec.key.index as usize;
         let path = deployment.plan.components[index].path_text();
+        if spec.adopt && self.adopt_fragment(&spec) {
+            return PeerResponse::Outcome(Ok(()));
+        }
         // A retried or superseded request replaces what ran for an older incarnation.
         let previous = lock(&self.inner.live)
             .get(&spec.key.deployment)
@@ -252,12 +285,14 @@ impl Node {
         let registered = {
             let mut live = lock(&self.inner.live);
             match live.get_mut(&spec.key.deployment) {
-                Some(entry) if Arc::ptr_eq(&entry.deployment, &deployment) => {
+                Some(entry) if entry.epoch == spec.key.epoch => {
                     entry.fragments.insert(
                         index,
                         Fragment {
                             key: spec.key.clone(),
                             component: component.clone(),
+                            parent_node: spec.parent_node.clone(),
+                            adopted: false,
                         },
                     );
                     true
@@ -270,8 +305,9 @@ impl Node {
             return PeerResponse::Refused("the deployment changed while deploying".into());
         }
         tokio::spawn(self.clone().watch_fragment(
-            spec.key.clone(),
-            spec.parent_node.clone(),
+            spec.key.deployment.clone(),
+            index,
+            component.clone(),
             ended_rx,
         ));
         let outcome = component.deploy(&path).await;
@@ -282,25 +318,49 @@ impl Node {
         PeerResponse::Outcome(outcome.map_err(failure_text))
     }
 
+    /// Hands a fragment running here under an older owner to the new one: same component,
+    /// new key, reports to the new parent. `false` when there is none to adopt.
+    fn adopt_fragment(&self, spec: &FragmentSpec) -> bool {
+        let mut live = lock(&self.inner.live);
+        let Some(fragment) = live
+            .get_mut(&spec.key.deployment)
+            .and_then(|entry| entry.fragments.get_mut(&(spec.key.index as usize)))
+        else {
+            return false;
+        };
+        let older =
+            (fragment.key.epoch, fragment.key.incarnation) < (spec.key.epoch, spec.key.incarnation);
+        if !older || fragment.component.0.get_status() != ractor::ActorStatus::Running {
+            return false;
+        }
+        fragment.key = spec.key.clone();
+        fragment.parent_node = spec.parent_node.clone();
+        fragment.adopted = true;
+        true
+    }
+
     /// Waits for a fragment to end on its own, then tells its parent's node (retrying while
-    /// that node is alive) and forgets it here.
+    /// that node is alive) and forgets it here. Its key and parent are read at that moment:
+    /// a new owner may have adopted it meanwhile.
     async fn watch_fragment(
         self,
-        key: FragmentKey,
-        parent_node: String,
+        name: String,
+        index: usize,
+        component: ComponentRef,
         mut ended: mpsc::UnboundedReceiver<RootEnded>,
     ) {
         let Some(RootEnded { ending, reason }) = ended.recv().await else {
             // Terminated by its parent: nothing to report.
             return;
         };
-        let still_ours = lock(&self.inner.live)
-            .get(&key.deployment)
-            .and_then(|entry| entry.fragments.get(&(key.index as usize)))
-            .is_some_and(|fragment| fragment.key == key);
-        if !still_ours {
+        let current = lock(&self.inner.live)
+            .get(&name)
+            .and_then(|entry| entry.fragments.get(&index))
+            .filter(|fragment| fragment.component.0.get_id() == component.0.get_id())
+            .map(|fragment| (fragment.key.clone(), fragment.parent_node.clone()));
+        let Some((key, parent_node)) = current else {
             return;
-        }
+        };
         self.forget_fragment(&key).await;
         let Some(peers) = self.inner.services.peers.clone() else {
             return;
@@ -338,9 +398,8 @@ impl Node {
             let index = key.index as usize;
             match entry.fragments.get(&index) {
                 Some(fragment)
-                    if fragment.key.epoch < key.epoch
-                        || (fragment.key.epoch == key.epoch
-                            && fragment.key.incarnation <= key.incarnation) =>
+                    if (fragment.key.epoch, fragment.key.incarnation)
+                        <= (key.epoch, key.incarnation) =>
                 {
                     entry.fragments.remove(&index).map(|f| f.component)
                 }
@@ -436,6 +495,30 @@ impl Node {
                 component.cast_message(ComponentMsg::NodeLost(node.to_string()));
             }
         }
+        self.take_over_from(node);
+    }
+
+    /// The members of the cluster as this node sees them (itself alone without a cluster).
+    pub fn nodes(&self) -> Vec<sd_proto::MemberInfo> {
+        if let Some(peers) = &self.inner.services.peers {
+            return peers.describe();
+        }
+        let info = self.info();
+        vec![sd_proto::MemberInfo {
+            name: info.name,
+            state: "alive".into(),
+            generation: info.generation,
+            peer_addr: String::new(),
+            api_url: None,
+            vcpus: 0,
+            free_vcpus: 0,
+            memory_mib: 0,
+            free_memory_mib: 0,
+            labels: Default::default(),
+            version: info.version,
+            accelerator: self.inner.services.vm_host.describe(),
+            is_self: true,
+        }]
     }
 
     /// Every deployment of the cluster, as their roots know them (this node's own records
@@ -528,7 +611,7 @@ impl Node {
     }
 
     /// Asks every other alive member at once; those that do not answer are left out.
-    async fn ask_every_peer(&self, request: PeerRequest) -> Vec<(String, PeerResponse)> {
+    pub(super) async fn ask_every_peer(&self, request: PeerRequest) -> Vec<(String, PeerResponse)> {
         let Some(peers) = self.inner.services.peers.clone() else {
             return Vec::new();
         };

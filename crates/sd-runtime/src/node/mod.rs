@@ -14,6 +14,7 @@
 //! meanwhile are reported ended so that their parents' strategies restart them.
 
 mod fragments;
+mod succession;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -66,12 +67,19 @@ struct Live {
     deployment: Arc<Deployment>,
     root: Option<ComponentRef>,
     fragments: HashMap<usize, Fragment>,
+    /// The newest epoch of the deployment this node has heard of: requests under an older
+    /// one are refused, and fragments of an older one that no new owner adopts are swept.
+    epoch: u64,
 }
 
 /// A component run here for a parent on another node.
 struct Fragment {
     key: FragmentKey,
     component: ComponentRef,
+    /// Where its end is reported: its parent's node (a new root may adopt it).
+    parent_node: String,
+    /// Adopted by a new owner: it runs already, so the owner's start has nothing to do.
+    adopted: bool,
 }
 
 struct Inner {
@@ -82,6 +90,9 @@ struct Inner {
     /// Names being deployed or terminated right now, so that two requests do not race.
     busy: Mutex<std::collections::HashSet<String>>,
     shutting_down: AtomicBool,
+    /// Deployment records other nodes replicated here, so that this node can take a
+    /// deployment over if its root is lost.
+    replicas: Mutex<HashMap<String, sd_proto::peer::Replica>>,
 }
 
 /// One node's runtime: cheap to clone, all clones are the same node.
@@ -152,6 +163,7 @@ fn summary(entry: &DeploymentEntry) -> DeploymentSummary {
         created_unix_ms: entry.record.created_unix_ms,
         components: entry.components.len(),
         running: Records::running(entry),
+        epoch: entry.record.epoch,
     }
 }
 
@@ -186,6 +198,7 @@ impl Node {
                 let _ = services.vm_host.probe().await;
             });
         }
+        let replicas = succession::load_replicas(&config.data_dir);
         let node = Node {
             inner: Arc::new(Inner {
                 config,
@@ -194,11 +207,15 @@ impl Node {
                 live: Mutex::default(),
                 busy: Mutex::default(),
                 shutting_down: AtomicBool::new(false),
+                replicas: Mutex::new(replicas),
             }),
         };
         node.stop_unrecorded(&entries).await;
         for entry in entries {
             node.recover(entry).await;
+        }
+        if node.inner.services.peers.is_some() {
+            tokio::spawn(node.clone().replicate_forever());
         }
         Ok(node)
     }
@@ -275,7 +292,8 @@ impl Node {
             self.records().remove_deployment(&name);
             return Err(error);
         }
-        self.launch(name, planned, HashMap::new()).await
+        self.launch(name, planned, HashMap::new(), HashMap::new())
+            .await
     }
 
     /// Spawns the root of a recorded deployment and drives it in the background.
@@ -284,6 +302,7 @@ impl Node {
         name: String,
         planned: Plan,
         recovered: HashMap<usize, sd_store::ComponentRecord>,
+        adoptions: HashMap<usize, String>,
     ) -> Result<()> {
         let Some(record) = self.records().deployment_record(&name) else {
             return Err(Error::NotFound { name });
@@ -301,6 +320,7 @@ impl Node {
             Arc::clone(&self.inner.services),
             recovered,
         ));
+        deployment.set_adoptions(adoptions);
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
         let args = Args {
             deployment: Arc::clone(&deployment),
@@ -324,9 +344,11 @@ impl Node {
                 deployment: Arc::clone(&deployment),
                 root: None,
                 fragments: HashMap::new(),
+                epoch: deployment.epoch,
             });
             entry.deployment = Arc::clone(&deployment);
             entry.root = Some(root.clone());
+            entry.epoch = entry.epoch.max(deployment.epoch);
         }
         tokio::spawn(self.clone().drive(deployment, root, ended_rx));
         Ok(())
@@ -580,9 +602,21 @@ impl Node {
             return;
         }
         if entry.record.root_node != self.inner.config.name {
-            self.discard_fragments(entry).await;
+            self.discard(entry).await;
             return;
         }
+        if self.inner.services.peers.is_some() {
+            // Another node may have taken it over while this one was away: ask first.
+            tokio::spawn(self.clone().recover_root_in_cluster(entry));
+            return;
+        }
+        self.recover_root(entry).await;
+    }
+
+    /// Takes a recorded deployment whose root is this node over after the agent restarted.
+    async fn recover_root(&self, entry: DeploymentEntry) {
+        let name = entry.record.name.clone();
+        let state = entry.record.state.clone();
         let properties = self.inner.services.properties.clone();
         let planned = match prepare(&entry.record.source, &entry.record.description, &properties) {
             Ok((planned, _)) => planned,
@@ -605,7 +639,9 @@ impl Node {
             }
         }
         self.records().reindex(&name, reindexed);
-        let _ = self.launch(name.clone(), planned, recovered).await;
+        let _ = self
+            .launch(name.clone(), planned, recovered, HashMap::new())
+            .await;
         if state == DeploymentState::Terminating {
             let node = self.clone();
             tokio::spawn(async move {
@@ -617,10 +653,13 @@ impl Node {
 }
 
 impl Node {
-    /// Fragments a previous agent ran for parents on other nodes: their parents have seen
-    /// them fail (or will, at their next liveness check) and restart them where placement
-    /// says, so what is left of them here is taken over only to be cleaned away.
-    async fn discard_fragments(&self, entry: DeploymentEntry) {
+    /// Cleans away what a previous agent ran of a deployment that is no longer this node's to
+    /// run: fragments whose parents have seen them fail (or will at their next liveness check)
+    /// and restarted them elsewhere, or a root that another node took over meanwhile. Each
+    /// recorded leaf (domain, storage backend) is taken over alone, in recovery mode, so that
+    /// its process is re-adopted and its storage found, and then terminated: domains first,
+    /// then the storage they ran on. Containers hold nothing of their own on the host.
+    async fn discard(&self, entry: DeploymentEntry) {
         let name = entry.record.name.clone();
         let properties = self.inner.services.properties.clone();
         let planned = prepare(&entry.record.source, &entry.record.description, &properties);
@@ -638,15 +677,22 @@ impl Node {
                 recovered.insert(index, record);
             }
         }
-        let tops: Vec<usize> = recovered
+        let mut leaves: Vec<usize> = recovered
             .keys()
             .copied()
-            .filter(|&index| {
-                planned.components[index]
-                    .parent
-                    .is_none_or(|parent| !recovered.contains_key(&parent))
-            })
+            .filter(|&index| !planned.components[index].kind.is_container())
             .collect();
+        // Domains before storage backends, each group in reverse plan order.
+        leaves.sort_by_key(|&index| {
+            let storage = matches!(
+                planned.components[index].kind,
+                crate::plan::Kind::DirStorageBackend
+                    | crate::plan::Kind::QcowStorageBackend
+                    | crate::plan::Kind::LoopbackStorageBackend
+                    | crate::plan::Kind::LvmStorageBackend
+            );
+            (storage, std::cmp::Reverse(index))
+        });
         self.records()
             .reindex(&name, recovered.clone().into_iter().collect());
         let deployment = Arc::new(Deployment::new(
@@ -661,53 +707,65 @@ impl Node {
             Arc::clone(&self.inner.services),
             recovered,
         ));
-        let mut fragments = HashMap::new();
-        for index in tops {
-            let (ended_tx, _ended_rx) = mpsc::unbounded_channel();
-            let args = Args {
-                deployment: Arc::clone(&deployment),
-                index,
-                parent: ParentRef::Node(ended_tx),
-                incarnation: deployment.next_incarnation(),
-                remote: None,
-                adopt: false,
-            };
-            if let Ok((actor, _)) = Actor::spawn(None, ComponentActor, args).await {
-                let component = ComponentRef(actor);
-                // Deploy in recovery mode re-adopts what still runs, so terminate finds it.
-                let path = deployment.plan.components[index].path_text();
-                let _ = component.deploy(&path).await;
-                let key = FragmentKey {
-                    deployment: name.clone(),
-                    epoch: entry.record.epoch,
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    incarnation: 0,
-                };
-                fragments.insert(index, Fragment { key, component });
-            }
-        }
-        let components: Vec<ComponentRef> = fragments
-            .values()
-            .map(|fragment| fragment.component.clone())
-            .collect();
         lock(&self.inner.live).insert(
             name.clone(),
             Live {
                 deployment: Arc::clone(&deployment),
                 root: None,
-                fragments,
+                fragments: HashMap::new(),
+                epoch: entry.record.epoch,
             },
         );
         let node = self.clone();
         tokio::spawn(async move {
-            for component in components {
+            for index in leaves {
+                let (ended_tx, _ended_rx) = mpsc::unbounded_channel();
+                let args = Args {
+                    deployment: Arc::clone(&deployment),
+                    index,
+                    parent: ParentRef::Node(ended_tx),
+                    incarnation: deployment.next_incarnation(),
+                    remote: None,
+                    adopt: false,
+                };
+                let Ok((actor, _)) = Actor::spawn(None, ComponentActor, args).await else {
+                    continue;
+                };
+                let component = ComponentRef(actor);
+                let path = deployment.plan.components[index].path_text();
+                if component.deploy(&path).await.is_ok() {
+                    let _ = component.start(&path).await;
+                }
                 component.terminate().await;
             }
-            if let Some(entry) = lock(&node.inner.live).get_mut(&name) {
-                entry.fragments.clear();
-            }
-            node.release_if_idle(&name).await;
+            node.forget_discarded(&name).await;
         });
+    }
+
+    /// The end of [`Node::discard`]: nothing of the deployment is left here.
+    async fn forget_discarded(&self, name: &str) {
+        let deployment = {
+            let mut live = lock(&self.inner.live);
+            match live.get(name) {
+                Some(entry) if entry.root.is_none() && entry.fragments.is_empty() => {
+                    live.remove(name).map(|entry| entry.deployment)
+                }
+                _ => None,
+            }
+        };
+        if let Some(deployment) = deployment {
+            deployment.all_stopped().await;
+            let dir = deployment.dir();
+            let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
+            let is_root_here = self
+                .records()
+                .deployment_record(name)
+                .is_some_and(|record| record.epoch > deployment.epoch);
+            if !is_root_here {
+                self.records().remove_deployment(name);
+            }
+            let _ = self.records().flush().await;
+        }
     }
 }
 

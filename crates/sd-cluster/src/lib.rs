@@ -1,0 +1,285 @@
+//! `sd-cluster`: one node joined to its cluster. It owns the wiring, nothing else: the gossip
+//! membership (`sd-gossip`) says who is there and alive, the QUIC transport (`sd-net`)
+//! carries the runtime's peer requests ([`sd_proto::peer`]) with mutual TLS, and this crate
+//! turns both into the [`Peers`] the runtime uses and serves the requests of other nodes to
+//! the local [`Node`].
+//!
+//! Guarantees:
+//! - A peer is called only at the address its gossip published, and its certificate must name
+//!   it (the transport refuses any other).
+//! - A node declared dead is reported lost to the runtime (which restarts its components
+//!   elsewhere) only while this node sees a strict majority of the known members; on a
+//!   minority side nothing is replaced, so a partition cannot double what runs (split brain).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sd_gossip::{ClusterChange, Member, Membership, MembershipConfig, NodeMeta};
+use sd_net::{Endpoint, Identity, PeerName, Service};
+use sd_placement::NodeView;
+use sd_proto::MemberInfo;
+use sd_proto::peer::{PeerRequest, PeerResponse};
+use sd_runtime::{Node, Peers};
+
+/// What went wrong joining or running the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The QUIC transport could not start.
+    #[error("cannot start the peer transport: {0}")]
+    Transport(#[from] sd_net::Error),
+    /// The gossip membership could not start.
+    #[error("cannot start the gossip membership: {0}")]
+    Gossip(#[from] sd_gossip::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The node's certificate, key, CA and the cluster's gossip key.
+    pub identity: Identity,
+    /// Where peers reach this node over QUIC (port 0 picks one).
+    pub peer_listen: SocketAddr,
+    /// Where this node gossips (UDP; port 0 picks one).
+    pub gossip_listen: SocketAddr,
+    /// Gossip addresses of nodes to join through (`sd agent --join`).
+    pub seeds: Vec<SocketAddr>,
+    /// The node's API, published for the console and `sd nodes`.
+    pub api_url: Option<String>,
+    /// The node's labels (`sdConstraints` match them).
+    pub labels: BTreeMap<String, String>,
+    /// What the node offers domains.
+    pub capacity: sd_gossip::Resources,
+    /// The generation of this agent start.
+    pub generation: u64,
+    /// The accelerator VMs get here (`kvm`, `tcg`, or why none).
+    pub accelerator: String,
+}
+
+/// The node's end of the cluster: membership and transport. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    membership: Membership,
+    endpoint: Endpoint<NodeService>,
+    service: Arc<NodeService>,
+}
+
+/// Serves peers' requests to the node once it is open; before that, refuses them.
+struct NodeService {
+    node: OnceLock<Node>,
+}
+
+impl Service for NodeService {
+    type Request = PeerRequest;
+    type Response = PeerResponse;
+
+    fn handle(&self, peer: PeerName, request: PeerRequest) -> BoxFuture<'static, PeerResponse> {
+        let node = self.node.get().cloned();
+        Box::pin(async move {
+            match node {
+                Some(node) => node.serve_peer(peer.as_str(), request).await,
+                None => PeerResponse::Refused("the node is still starting".into()),
+            }
+        })
+    }
+}
+
+/// The cluster as the runtime sees it.
+struct ClusterPeers {
+    membership: Membership,
+    endpoint: Endpoint<NodeService>,
+}
+
+impl Peers for ClusterPeers {
+    fn call(
+        &self,
+        node: &str,
+        request: PeerRequest,
+        deadline: Duration,
+    ) -> BoxFuture<'static, std::result::Result<PeerResponse, String>> {
+        let address = self
+            .membership
+            .members()
+            .into_iter()
+            .find(|member| member.name() == node)
+            .map(|member| (member.is_alive(), member.meta.quic_addr));
+        let endpoint = self.endpoint.clone();
+        let node = node.to_string();
+        Box::pin(async move {
+            let Some((alive, addr)) = address else {
+                return Err(format!("node \"{node}\" is not a member of the cluster"));
+            };
+            if !alive {
+                return Err(format!("node \"{node}\" is down"));
+            }
+            endpoint
+                .call(&node, addr, &request, deadline)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    fn members(&self) -> Vec<NodeView> {
+        self.membership.members().iter().map(node_view).collect()
+    }
+
+    fn describe(&self) -> Vec<MemberInfo> {
+        let me = self.membership.local().name;
+        self.membership
+            .members()
+            .iter()
+            .map(|member| member_info(member, member.name() == me))
+            .collect()
+    }
+}
+
+fn node_view(member: &Member) -> NodeView {
+    let meta = &member.meta;
+    let resources = |r: sd_gossip::Resources| sd_placement::Resources::new(r.vcpus, r.memory_mib);
+    NodeView {
+        name: meta.name.clone(),
+        alive: member.is_alive(),
+        capacity: resources(meta.capacity),
+        free: resources(meta.free),
+        labels: meta.labels.clone(),
+    }
+}
+
+fn member_info(member: &Member, is_self: bool) -> MemberInfo {
+    let meta = &member.meta;
+    MemberInfo {
+        name: meta.name.clone(),
+        state: match member.state {
+            sd_gossip::MemberState::Alive => "alive",
+            sd_gossip::MemberState::Dead => "dead",
+            sd_gossip::MemberState::Left => "left",
+        }
+        .to_string(),
+        generation: meta.generation,
+        peer_addr: meta.quic_addr.to_string(),
+        api_url: meta.api_url.clone(),
+        vcpus: meta.capacity.vcpus,
+        free_vcpus: meta.free.vcpus,
+        memory_mib: meta.capacity.memory_mib,
+        free_memory_mib: meta.free.memory_mib,
+        labels: meta.labels.clone(),
+        version: meta.version.clone(),
+        accelerator: meta.accelerator.clone(),
+        is_self,
+    }
+}
+
+impl Cluster {
+    /// Starts the transport, then joins the gossip (publishing the transport's address).
+    /// Returns the cluster and the [`Peers`] to open the node with; call [`Cluster::attach`]
+    /// once the node is open.
+    pub async fn start(config: ClusterConfig) -> Result<(Cluster, Arc<dyn Peers>)> {
+        let service = Arc::new(NodeService {
+            node: OnceLock::new(),
+        });
+        let name = config.identity.node_name().to_string();
+        let cluster_name = config.identity.cluster_name().to_string();
+        let gossip_key = *config.identity.gossip_key();
+        let endpoint =
+            Endpoint::bind(config.identity, config.peer_listen, Arc::clone(&service)).await?;
+        let mut peer_addr = endpoint.local_addr();
+        if peer_addr.ip().is_unspecified() {
+            peer_addr.set_ip(config.gossip_listen.ip());
+        }
+        let meta = NodeMeta {
+            name,
+            generation: config.generation,
+            quic_addr: peer_addr,
+            api_url: config.api_url,
+            capacity: config.capacity,
+            free: config.capacity,
+            labels: config.labels,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            accelerator: config.accelerator,
+        };
+        let mut gossip = MembershipConfig::new(&cluster_name, gossip_key, config.gossip_listen);
+        gossip.seeds = config.seeds;
+        let membership = Membership::start(gossip, meta).await?;
+        let peers: Arc<dyn Peers> = Arc::new(ClusterPeers {
+            membership: membership.clone(),
+            endpoint: endpoint.clone(),
+        });
+        Ok((
+            Cluster {
+                membership,
+                endpoint,
+                service,
+            },
+            peers,
+        ))
+    }
+
+    /// Hands the open node its peers' requests and its lost peers.
+    pub fn attach(&self, node: Node) {
+        let _ = self.service.node.set(node.clone());
+        tokio::spawn(watch_losses(self.membership.clone(), node));
+    }
+
+    /// Where this node gossips.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.membership.gossip_addr()
+    }
+
+    /// Where peers reach this node over QUIC.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.membership.local().quic_addr
+    }
+
+    /// The transport's counters (refused handshakes among them).
+    pub fn transport_stats(&self) -> sd_net::Stats {
+        self.endpoint.stats()
+    }
+
+    /// The gossip's counters (packets dropped for a bad key or a replay among them).
+    pub fn gossip_stats(&self) -> sd_gossip::GossipStats {
+        self.membership.stats()
+    }
+
+    /// Leaves the cluster: announces it to the peers and closes the transport.
+    pub async fn shutdown(&self) {
+        self.membership.clone().shutdown().await;
+        self.endpoint.close().await;
+    }
+}
+
+/// Reports every member declared dead to the node, when this side sees a majority; a loss
+/// seen on a minority side is reported once the majority is back (if the node is still dead
+/// then), so a partition heals without components doubled.
+async fn watch_losses(membership: Membership, node: Node) {
+    let mut changes = membership.changes();
+    let mut pending: Vec<String> = Vec::new();
+    loop {
+        match changes.recv().await {
+            Ok(ClusterChange::Died(member)) | Ok(ClusterChange::Left(member)) => {
+                pending.push(member.name().to_string());
+            }
+            Ok(ClusterChange::Joined(member)) => {
+                // A node back (or restarted) before its loss was acted on: it was not lost.
+                // A restarted node comes back empty; its old components were reported lost
+                // through Died of its previous generation.
+                let _ = member;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+        let members = membership.members();
+        let alive = members.iter().filter(|m| m.is_alive()).count();
+        if !sd_placement::majority(members.len(), alive) {
+            continue;
+        }
+        for lost in pending.drain(..) {
+            node.peer_lost(&lost);
+        }
+    }
+}
