@@ -18,6 +18,13 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v losetup >/dev
     qemu-system-x86 qemu-utils mount >/dev/null
 fi
 
+# Partitions in the cluster tests are nftables rules between the agents' UDP ports.
+if ! command -v nft >/dev/null 2>&1; then
+  echo "== installing nftables"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+fi
+
 # The test guest the VM tests boot (kernel, busybox initramfs, disk); a no-op when current.
 echo "== test guest"
 export SD_GUEST_DIR=${SD_GUEST_DIR:-/var/lib/sd/guest}

@@ -45,6 +45,7 @@ pub(crate) fn build(node: Node, token: String, closing: Arc<watch::Sender<bool>>
     Router::new()
         .route(&format!("{API_PREFIX}/node"), get(node_info))
         .route(&format!("{API_PREFIX}/nodes"), get(nodes))
+        .route(&format!("{API_PREFIX}/cluster"), get(cluster_stats))
         .route(&format!("{API_PREFIX}/deployments"), get(list).post(deploy))
         .route(&deployment, get(status).delete(terminate))
         .route(&format!("{deployment}/logs"), get(logs))
@@ -84,6 +85,11 @@ async fn node_info(State(state): State<AppState>) -> Json<NodeInfo> {
 /// `GET /v1/nodes`: the cluster's members as this node sees them.
 async fn nodes(State(state): State<AppState>) -> Json<Vec<sd_proto::MemberInfo>> {
     Json(state.node.nodes())
+}
+
+/// `GET /v1/cluster`: the gossip's and the peer transport's counters (`null` alone).
+async fn cluster_stats(State(state): State<AppState>) -> Json<Option<sd_proto::ClusterStats>> {
+    Json(state.node.cluster_stats())
 }
 
 /// `GET /v1/deployments`.

@@ -67,6 +67,8 @@ pub struct Cluster {
     membership: Membership,
     endpoint: Endpoint<NodeService>,
     service: Arc<NodeService>,
+    peers: Arc<dyn Peers>,
+    contact: Arc<tokio::task::JoinHandle<()>>,
 }
 
 /// Serves peers' requests to the node once it is open; before that, refuses them.
@@ -93,6 +95,84 @@ impl Service for NodeService {
 struct ClusterPeers {
     membership: Membership,
     endpoint: Endpoint<NodeService>,
+    quorum: Arc<Quorum>,
+}
+
+/// Whom this node has heard from lately over the transport, by direct contact: gossip says
+/// who is alive, but after a partition it declares the other side dead one node at a time,
+/// and a side that counted on the gossip alone could believe for a moment that it still had
+/// a majority. A side acts on a loss only with a majority it has just reached.
+#[derive(Default)]
+struct Quorum {
+    /// When each member last answered.
+    answered: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// How often every member is contacted.
+const CONTACT_PERIOD: Duration = Duration::from_millis(250);
+/// How recent an answer must be to count.
+const CONTACT_FRESHNESS: Duration = Duration::from_millis(1000);
+
+impl Quorum {
+    fn heard(&self, node: &str) {
+        self.answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node.to_string(), std::time::Instant::now());
+    }
+
+    /// A strict majority of `known` members answered lately (this node counts itself).
+    fn holds(&self, me: &str, known: &[String]) -> bool {
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reached = known
+            .iter()
+            .filter(|name| {
+                *name == me
+                    || answered
+                        .get(*name)
+                        .is_some_and(|at| at.elapsed() <= CONTACT_FRESHNESS)
+            })
+            .count();
+        sd_placement::majority(known.len(), reached)
+    }
+}
+
+/// Contacts every member the gossip says is alive, all the time.
+async fn keep_contact(
+    membership: Membership,
+    endpoint: Endpoint<NodeService>,
+    quorum: Arc<Quorum>,
+) {
+    let me = membership.local().name;
+    loop {
+        let calls = membership
+            .members()
+            .into_iter()
+            .filter(|member| member.is_alive() && member.name() != me)
+            .map(|member| {
+                let endpoint = endpoint.clone();
+                let quorum = Arc::clone(&quorum);
+                async move {
+                    let name = member.name().to_string();
+                    let answer = endpoint
+                        .call(
+                            &name,
+                            member.meta.quic_addr,
+                            &PeerRequest::Info,
+                            CONTACT_PERIOD * 2,
+                        )
+                        .await;
+                    if answer.is_ok() {
+                        quorum.heard(&name);
+                    }
+                }
+            });
+        let round = futures::future::join_all(calls);
+        let _ = tokio::join!(round, tokio::time::sleep(CONTACT_PERIOD));
+    }
 }
 
 impl Peers for ClusterPeers {
@@ -126,6 +206,59 @@ impl Peers for ClusterPeers {
 
     fn members(&self) -> Vec<NodeView> {
         self.membership.members().iter().map(node_view).collect()
+    }
+
+    fn has_quorum(&self) -> bool {
+        let me = self.membership.local().name;
+        let known: Vec<String> = self
+            .membership
+            .members()
+            .iter()
+            .map(|member| member.name().to_string())
+            .collect();
+        self.quorum.holds(&me, &known)
+    }
+
+    fn stats(&self) -> Option<sd_proto::ClusterStats> {
+        let gossip = self.membership.stats();
+        let rpc = self.endpoint.stats();
+        let micros = |q: f64| {
+            rpc.latency_quantile(q)
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        };
+        Some(sd_proto::ClusterStats {
+            gossip_sent_packets: gossip.sent_packets,
+            gossip_sent_bytes: gossip.sent_bytes,
+            gossip_received_packets: gossip.received_packets,
+            gossip_received_bytes: gossip.received_bytes,
+            gossip_dropped_bad_auth: gossip.dropped_bad_auth,
+            gossip_dropped_replay: gossip.dropped_replay,
+            gossip_dropped_malformed: gossip.dropped_malformed,
+            rpc_sent: rpc.requests_sent,
+            rpc_failed: rpc.requests_failed,
+            rpc_served: rpc.requests_served,
+            rpc_refused_handshakes: rpc.refused_handshakes,
+            rpc_decode_errors: rpc.decode_errors,
+            rpc_open_connections: rpc.open_connections,
+            rpc_p50_us: micros(0.5),
+            rpc_p99_us: micros(0.99),
+        })
+    }
+
+    fn publish_free(&self, reserved: sd_placement::Resources) {
+        // What the node offers less what its domains reserve; published only on a change.
+        let local = self.membership.local();
+        let free = sd_gossip::Resources {
+            vcpus: local.capacity.vcpus.saturating_sub(reserved.vcpus),
+            memory_mib: local
+                .capacity
+                .memory_mib
+                .saturating_sub(reserved.memory_mib),
+        };
+        if free != local.free {
+            let membership = self.membership.clone();
+            tokio::spawn(async move { membership.update_free(free).await });
+        }
     }
 
     fn describe(&self) -> Vec<MemberInfo> {
@@ -205,15 +338,24 @@ impl Cluster {
         let mut gossip = MembershipConfig::new(&cluster_name, gossip_key, config.gossip_listen);
         gossip.seeds = config.seeds;
         let membership = Membership::start(gossip, meta).await?;
+        let quorum = Arc::new(Quorum::default());
         let peers: Arc<dyn Peers> = Arc::new(ClusterPeers {
             membership: membership.clone(),
             endpoint: endpoint.clone(),
+            quorum: Arc::clone(&quorum),
         });
+        let contact = tokio::spawn(keep_contact(
+            membership.clone(),
+            endpoint.clone(),
+            Arc::clone(&quorum),
+        ));
         Ok((
             Cluster {
                 membership,
                 endpoint,
                 service,
+                peers: Arc::clone(&peers),
+                contact: Arc::new(contact),
             },
             peers,
         ))
@@ -222,7 +364,11 @@ impl Cluster {
     /// Hands the open node its peers' requests and its lost peers.
     pub fn attach(&self, node: Node) {
         let _ = self.service.node.set(node.clone());
-        tokio::spawn(watch_losses(self.membership.clone(), node));
+        tokio::spawn(watch_losses(
+            self.membership.clone(),
+            Arc::clone(&self.peers),
+            node,
+        ));
     }
 
     /// Where this node gossips.
@@ -247,39 +393,47 @@ impl Cluster {
 
     /// Leaves the cluster: announces it to the peers and closes the transport.
     pub async fn shutdown(&self) {
+        self.contact.abort();
         self.membership.clone().shutdown().await;
         self.endpoint.close().await;
     }
 }
 
-/// Reports every member declared dead to the node, when this side sees a majority; a loss
-/// seen on a minority side is reported once the majority is back (if the node is still dead
-/// then), so a partition heals without components doubled.
-async fn watch_losses(membership: Membership, node: Node) {
+/// Reports every member declared dead to the node once this node has a majority by
+/// contact ([`Quorum`]); a loss seen on a minority side waits (and is dropped if the node
+/// comes back first), so a partition heals without components doubled.
+async fn watch_losses(membership: Membership, peers: Arc<dyn Peers>, node: Node) {
     let mut changes = membership.changes();
     let mut pending: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(CONTACT_PERIOD);
     loop {
-        match changes.recv().await {
-            Ok(ClusterChange::Died(member)) | Ok(ClusterChange::Left(member)) => {
-                pending.push(member.name().to_string());
-            }
-            Ok(ClusterChange::Joined(member)) => {
-                // A node back (or restarted) before its loss was acted on: it was not lost.
-                // A restarted node comes back empty; its old components were reported lost
-                // through Died of its previous generation.
-                let _ = member;
-            }
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        tokio::select! {
+            change = changes.recv() => match change {
+                Ok(ClusterChange::Died(member)) | Ok(ClusterChange::Left(member)) => {
+                    pending.push(member.name().to_string());
+                }
+                Ok(ClusterChange::Joined(member)) => {
+                    // Back before its loss was acted on: it was not lost.
+                    pending.retain(|name| name != member.name());
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {}
         }
-        let members = membership.members();
-        let alive = members.iter().filter(|m| m.is_alive()).count();
-        if !sd_placement::majority(members.len(), alive) {
+        if pending.is_empty() || !peers.has_quorum() {
             continue;
         }
+        let alive: Vec<String> = membership
+            .alive_members()
+            .iter()
+            .map(|member| member.name().to_string())
+            .collect();
         for lost in pending.drain(..) {
-            node.peer_lost(&lost);
+            if !alive.contains(&lost) {
+                node.peer_lost(&lost);
+            }
         }
     }
 }

@@ -242,6 +242,43 @@ pub struct MemberInfo {
     pub is_self: bool,
 }
 
+/// `GET /v1/cluster`: the counters of this node's gossip and peer transport.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// Gossip packets sent.
+    pub gossip_sent_packets: u64,
+    /// Gossip bytes sent.
+    pub gossip_sent_bytes: u64,
+    /// Gossip packets received.
+    pub gossip_received_packets: u64,
+    /// Gossip bytes received.
+    pub gossip_received_bytes: u64,
+    /// Gossip packets dropped: wrong key or cluster, or tampered with.
+    pub gossip_dropped_bad_auth: u64,
+    /// Gossip packets dropped: replayed or stale.
+    pub gossip_dropped_replay: u64,
+    /// Gossip packets dropped: malformed.
+    pub gossip_dropped_malformed: u64,
+    /// Peer requests this node made that were answered.
+    pub rpc_sent: u64,
+    /// Peer requests this node made that failed.
+    pub rpc_failed: u64,
+    /// Peer requests this node served.
+    pub rpc_served: u64,
+    /// Handshakes refused: a certificate from another CA, or not naming the node dialled.
+    pub rpc_refused_handshakes: u64,
+    /// Peer messages that could not be decoded.
+    pub rpc_decode_errors: u64,
+    /// Peer connections open now.
+    pub rpc_open_connections: u64,
+    /// Median peer request round trip, in microseconds (an upper bound within 2x).
+    #[serde(default)]
+    pub rpc_p50_us: Option<u64>,
+    /// 99th percentile peer request round trip, in microseconds (an upper bound within 2x).
+    #[serde(default)]
+    pub rpc_p99_us: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,11 @@ pub enum PeerRequest {
         /// At most this many bytes.
         max: u32,
     },
+    /// The fragments of a deployment this node runs (a new root looks for what to adopt).
+    Fragments {
+        /// The deployment.
+        deployment: String,
+    },
 }
 
 /// A component's failure, as it crosses the network.
@@ -146,4 +151,6 @@ pub enum PeerResponse {
     },
     /// The request was refused: stale epoch, unknown fragment, not the root, ...
     Refused(String),
+    /// The fragments a node runs: each one's key and the node its parent runs on.
+    Fragments(Vec<(FragmentKey, String)>),
 }

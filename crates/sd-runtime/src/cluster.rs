@@ -24,6 +24,23 @@ pub trait Peers: Send + Sync + 'static {
     /// Every known member, this node included, dead ones too (they count for majorities).
     fn members(&self) -> Vec<NodeView>;
 
+    /// Whether this node is on a side that may replace what it lost: it has heard lately from
+    /// a strict majority of the known members (itself included). The default trusts the
+    /// membership view; the cluster layer confirms it by contact.
+    fn has_quorum(&self) -> bool {
+        let members = self.members();
+        let alive = members.iter().filter(|m| m.alive).count();
+        sd_placement::majority(members.len(), alive)
+    }
+
+    /// The counters of the gossip and the transport, if there are any.
+    fn stats(&self) -> Option<sd_proto::ClusterStats> {
+        None
+    }
+
+    /// Tells the other nodes how much this node has left for domains.
+    fn publish_free(&self, _free: sd_placement::Resources) {}
+
     /// Every known member as `sd nodes` shows it.
     fn describe(&self) -> Vec<sd_proto::MemberInfo> {
         self.members()
@@ -50,9 +67,7 @@ pub trait Peers: Send + Sync + 'static {
 /// The members alive now, and whether they are a strict majority of the known members: only a
 /// side of a partition that sees a majority replaces what it lost (split brain).
 pub(crate) fn has_majority(peers: &Arc<dyn Peers>) -> bool {
-    let members = peers.members();
-    let alive = members.iter().filter(|m| m.alive).count();
-    sd_placement::majority(members.len(), alive)
+    peers.has_quorum()
 }
 
 /// Whether `node` is known and alive.

@@ -315,7 +315,14 @@ async fn spawn(
     deployment: &Arc<Deployment>,
     slot: &mut Slot,
 ) -> Outcome {
-    let (remote, adopt) = match deployment.take_adoption(slot.index) {
+    let adoption = deployment.take_adoption(slot.index).filter(|node| {
+        deployment
+            .services
+            .peers
+            .as_ref()
+            .is_some_and(|peers| crate::cluster::is_alive(peers, node))
+    });
+    let (remote, adopt) = match adoption {
         Some(node) => (Some(node), true),
         None => (
             wait_for_placement(myself, deployment, slot.index).await?,

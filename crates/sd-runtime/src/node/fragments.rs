@@ -56,6 +56,9 @@ impl Node {
                 PeerResponse::Status(self.status(&deployment).ok())
             }
             PeerRequest::Deployments => PeerResponse::Deployments(self.own_deployments()),
+            PeerRequest::Fragments { deployment } => {
+                PeerResponse::Fragments(self.fragments_of(&deployment))
+            }
             PeerRequest::TerminateDeployment { deployment } => {
                 match self.terminate(&deployment).await {
                     Ok(()) => PeerResponse::Done,
@@ -71,6 +74,21 @@ impl Node {
                 max,
             } => self.read_log(&deployment, &path, offset, max).await,
         }
+    }
+
+    /// The fragments of a deployment running here, with their parents' nodes.
+    pub(super) fn fragments_of(&self, name: &str) -> Vec<(FragmentKey, String)> {
+        lock(&self.inner.live)
+            .get(name)
+            .map(|entry| {
+                entry
+                    .fragments
+                    .values()
+                    .filter(|f| f.component.0.get_status() == ractor::ActorStatus::Running)
+                    .map(|f| (f.key.clone(), f.parent_node.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The deployments whose root is this node.
@@ -336,7 +354,21 @@ impl Node {
         fragment.key = spec.key.clone();
         fragment.parent_node = spec.parent_node.clone();
         fragment.adopted = true;
+        drop(live);
+        self.follow_root(&spec.key.deployment, &spec.root_node, spec.key.epoch);
         true
+    }
+
+    /// A fragment holder's record names the deployment's current root and epoch.
+    pub(super) fn follow_root(&self, name: &str, root: &str, epoch: u64) {
+        if let Some(mut record) = self.records().deployment_record(name)
+            && record.root_node != self.inner.config.name
+            && record.epoch < epoch
+        {
+            record.root_node = root.to_string();
+            record.epoch = epoch;
+            self.records().put_deployment(record);
+        }
     }
 
     /// Waits for a fragment to end on its own, then tells its parent's node (retrying while
@@ -495,7 +527,44 @@ impl Node {
                 component.cast_message(ComponentMsg::NodeLost(node.to_string()));
             }
         }
-        self.take_over_from(node);
+        self.take_over_orphans();
+    }
+
+    /// The counters of this node's gossip and peer transport (`None` without a cluster).
+    pub fn cluster_stats(&self) -> Option<sd_proto::ClusterStats> {
+        self.inner.services.peers.as_ref()?.stats()
+    }
+
+    /// What the domains running here reserve (their `memory` and `vcpus`).
+    pub fn reserved(&self) -> sd_placement::Resources {
+        let me = &self.inner.config.name;
+        let live: Vec<Arc<Deployment>> = lock(&self.inner.live)
+            .values()
+            .map(|entry| Arc::clone(&entry.deployment))
+            .collect();
+        let mut total = sd_placement::Resources::default();
+        for deployment in live {
+            let Some(entry) = self.records().deployment(&deployment.name) else {
+                continue;
+            };
+            for (&index, record) in &entry.components {
+                let domain = matches!(
+                    deployment.plan.components.get(index).map(|c| c.kind),
+                    Some(crate::plan::Kind::ProcessDomain | crate::plan::Kind::QemuDomain)
+                );
+                let active = !matches!(
+                    record.state,
+                    sd_proto::ComponentState::Terminated
+                        | sd_proto::ComponentState::Finished
+                        | sd_proto::ComponentState::Failed
+                );
+                if domain && active && record.node == *me {
+                    let needs = crate::component::placing::needs(&deployment, index);
+                    total = total.saturating_add(needs);
+                }
+            }
+        }
+        total
     }
 
     /// The members of the cluster as this node sees them (itself alone without a cluster).
@@ -596,18 +665,21 @@ impl Node {
         }
     }
 
-    /// The root node of a deployment this node has no record of, asked of the peers.
+    /// The root node of a deployment as the peers report it: the one holding it under the
+    /// newest epoch (an old root may not have stepped down yet).
     pub(super) async fn find_root(&self, name: &str) -> Option<String> {
         self.ask_every_peer(PeerRequest::Deployments)
             .await
             .into_iter()
-            .find_map(|(node, answer)| match answer {
+            .filter_map(|(node, answer)| match answer {
                 PeerResponse::Deployments(summaries) => summaries
                     .iter()
-                    .any(|summary| summary.name == name)
-                    .then_some(node),
+                    .find(|summary| summary.name == name)
+                    .map(|summary| (summary.epoch, node)),
                 _ => None,
             })
+            .max()
+            .map(|(_, node)| node)
     }
 
     /// Asks every other alive member at once; those that do not answer are left out.
@@ -671,9 +743,13 @@ fn failure_text(failure: crate::component::Failure) -> FailureText {
 /// One deployment's status from the views of several nodes: the summary from its root, each
 /// component from the node it runs on (its proxy's node knows its restarts).
 fn merge_views(name: &str, views: Vec<(String, DeploymentStatus)>) -> Result<DeploymentStatus> {
+    // The root's own view, the newest epoch's if an old root has not stepped down yet.
     let root_view = views
         .iter()
-        .position(|(node, view)| view.deployment.root_node == *node)
+        .enumerate()
+        .filter(|(_, (node, view))| view.deployment.root_node == *node)
+        .max_by_key(|(_, (_, view))| view.deployment.epoch)
+        .map(|(position, _)| position)
         .or(if views.is_empty() { None } else { Some(0) });
     let Some(root_view) = root_view else {
         return Err(Error::NotFound {

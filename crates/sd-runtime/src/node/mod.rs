@@ -455,7 +455,9 @@ impl Node {
         };
         if record.root_node != self.inner.config.name {
             drop(_reservation);
-            return self.terminate_at_root(&record.root_node, name).await;
+            // This node holds fragments only; the root may have changed since it recorded.
+            let root = self.find_root(name).await.unwrap_or(record.root_node);
+            return self.terminate_at_root(&root, name).await;
         }
         let live = lock(&self.inner.live)
             .get(name)

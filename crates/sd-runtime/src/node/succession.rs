@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sd_proto::peer::{PeerRequest, PeerResponse, Replica};
+use sd_proto::peer::{FragmentKey, PeerRequest, PeerResponse, Replica};
 use sd_proto::{DeploymentState, DeploymentSummary};
 use sd_store::{DeploymentRecord, unix_ms_now};
 
@@ -120,6 +120,9 @@ impl Node {
             {
                 return;
             }
+            peers.publish_free(self.reserved());
+            // A loss whose takeover the membership's view got in the way of is taken up again.
+            self.take_over_orphans();
             let alive: Vec<String> = peers
                 .members()
                 .into_iter()
@@ -194,6 +197,7 @@ impl Node {
             }
             tokio::spawn(self.clone().step_down(name.clone(), replica.clone()));
         }
+        self.follow_root(&name, &replica.summary.root_node, replica.epoch);
         let mut replicas = lock(&self.inner.replicas);
         if replicas
             .get(&name)
@@ -216,20 +220,25 @@ impl Node {
         PeerResponse::Done
     }
 
-    /// The deployments whose lost root this node is the successor of are taken over.
-    pub(super) fn take_over_from(&self, lost: &str) {
+    /// Takes over the deployments whose root is not alive and whose successor (among the
+    /// alive members) is this node. Run at every loss: a root lost together with the node
+    /// that would have succeeded it is picked up at the second loss.
+    pub(super) fn take_over_orphans(&self) {
         let Some(peers) = &self.inner.services.peers else {
             return;
         };
+        if !crate::cluster::has_majority(peers) {
+            return;
+        }
         let alive: Vec<String> = peers
             .members()
             .into_iter()
-            .filter(|member| member.alive && member.name != lost)
+            .filter(|member| member.alive)
             .map(|member| member.name)
             .collect();
         let orphaned: Vec<Replica> = lock(&self.inner.replicas)
             .values()
-            .filter(|replica| replica.summary.root_node == lost)
+            .filter(|replica| !alive.contains(&replica.summary.root_node))
             .cloned()
             .collect();
         for replica in orphaned {
@@ -302,13 +311,39 @@ impl Node {
                     .collect()
             })
             .unwrap_or_default();
-        let adoptions: HashMap<usize, String> = replica
+        // What the replica says ran where, corrected by what the alive nodes say they run now:
+        // the replica may be a moment behind a restart the lost root made just before.
+        let mut adoptions: HashMap<usize, String> = replica
             .placements
             .iter()
             .filter(|(_, node)| *node != lost && alive.contains(node))
             .map(|(index, node)| (*index as usize, node.clone()))
-            .filter(|(index, _)| *index < planned.components.len())
             .collect();
+        let mut newest: HashMap<usize, (u64, u64)> = HashMap::new();
+        let mut held: Vec<(String, Vec<(FragmentKey, String)>)> = self
+            .ask_every_peer(PeerRequest::Fragments {
+                deployment: name.clone(),
+            })
+            .await
+            .into_iter()
+            .filter_map(|(node, answer)| match answer {
+                PeerResponse::Fragments(fragments) => Some((node, fragments)),
+                _ => None,
+            })
+            .collect();
+        held.push((self.inner.config.name.clone(), self.fragments_of(&name)));
+        for (node, fragments) in held {
+            for (key, parent) in fragments {
+                let index = key.index as usize;
+                let rank = (key.epoch, key.incarnation);
+                if parent != lost || newest.get(&index).is_some_and(|best| *best >= rank) {
+                    continue;
+                }
+                newest.insert(index, rank);
+                adoptions.insert(index, node.clone());
+            }
+        }
+        adoptions.retain(|index, _| *index < planned.components.len());
         drop(_reservation);
         let _ = self.launch(name, planned, HashMap::new(), adoptions).await;
     }

@@ -1,0 +1,68 @@
+//! Partitions made of nftables rules: every UDP datagram between a port of one side and a
+//! port of the other is dropped, both ways, on loopback. The rules live in a table of their
+//! own, removed when the [`Partition`] is dropped.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::{Error, Result};
+
+/// A partition in force; dropping it heals it.
+#[derive(Debug)]
+pub struct Partition {
+    table: String,
+}
+
+impl Partition {
+    /// Drops every datagram between a port of `one` and a port of `other`.
+    pub fn cut(one: &[u16], other: &[u16]) -> Result<Partition> {
+        let table = format!("sd_partition_{}", std::process::id());
+        let set = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (a, b) = (set(one), set(other));
+        let rules = format!(
+            "table inet {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    udp sport {{ {a} }} udp dport {{ {b} }} drop\n    udp sport {{ {b} }} udp dport {{ {a} }} drop\n  }}\n}}\n"
+        );
+        nft(&["-f", "-"], Some(&rules))?;
+        Ok(Partition { table })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = nft(&["delete", "table", "inet", &self.table], None);
+    }
+}
+
+fn nft(args: &[&str], input: Option<&str>) -> Result<()> {
+    let failed = |reason: String| Error::Command {
+        command: format!("nft {}", args.join(" ")),
+        reason,
+    };
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| failed(format!("{error} (is nftables installed?)")))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|error| failed(error.to_string()))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|error| failed(error.to_string()))?;
+    if !output.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}

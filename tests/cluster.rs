@@ -1,0 +1,352 @@
+//! End-to-end tests of the cluster: five real `sd agent` processes on loopback, joined with
+//! gossip and mutual-TLS QUIC, driven through their API as users do (`sd-testkit`). A node
+//! loss is a lost machine: its agent and every process it started are SIGKILLed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sd_proto::{ComponentState, DeploymentState, DeploymentStatus};
+use sd_testkit::LocalCluster;
+
+const NODES: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
+
+/// An HA pool: ten replicas spread by a scheduler, restarted one for one.
+const HA_POOL: &str = r#"#include "prelude.sf"
+sfConfig extends Compound {
+  sfLivenessDelay 1;
+  sched extends Scheduler { sdPlacement "spread"; }
+  pool extends Pool {
+    replicas 10;
+    scheduler LAZY sched;
+    sdRestartStrategy "one_for_one";
+    sdMaxRestarts 50;
+    sdRestartWindow 60;
+    template extends LAZY Compound {
+      worker extends ProcessDomain { memory 10; command [| "/bin/sleep", "600" |]; }
+    }
+  }
+}
+"#;
+
+fn start(dir: &std::path::Path) -> LocalCluster {
+    LocalCluster::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_sd")),
+        dir,
+        &NODES,
+        &["--vm-accelerator", "tcg"],
+    )
+    .expect("the cluster starts")
+}
+
+fn workers(status: &DeploymentStatus) -> Vec<&sd_proto::ComponentStatus> {
+    status
+        .components
+        .iter()
+        .filter(|c| c.path.ends_with(":worker"))
+        .collect()
+}
+
+fn all_running(status: &DeploymentStatus, count: usize) -> bool {
+    status.deployment.state == DeploymentState::Running
+        && workers(status)
+            .iter()
+            .filter(|c| c.state == ComponentState::Running)
+            .count()
+            == count
+}
+
+/// Waits until `node` sees the deployment pass `check`; the last status in the panic.
+fn wait_status(
+    cluster: &LocalCluster,
+    node: &str,
+    name: &str,
+    within: Duration,
+    check: impl Fn(&DeploymentStatus) -> bool,
+) -> DeploymentStatus {
+    let mut last = None;
+    let waited = cluster.wait_until(name, within, || {
+        let status = cluster.status(node, name);
+        let done = status.as_ref().is_ok_and(&check);
+        last = Some(status);
+        done
+    });
+    let last = last.expect("polled at least once");
+    if waited.is_err() {
+        let views: Vec<String> = NODES
+            .iter()
+            .map(|n| match cluster.members(n) {
+                Ok(members) => format!(
+                    "{n} sees {:?}",
+                    members
+                        .iter()
+                        .map(|m| format!("{}:{}", m.name, m.state))
+                        .collect::<Vec<_>>()
+                ),
+                Err(error) => format!("{n}: {error}"),
+            })
+            .collect();
+        panic!("timed out; members: {views:#?}\nlast status from {node}: {last:#?}");
+    }
+    last.expect("a status")
+}
+
+/// How many processes run each worker, over the whole cluster.
+fn instances(cluster: &LocalCluster) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, _, component) in cluster.all_workloads() {
+        *counts.entry(component).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// What is left of deployments on the hosts: workload processes and deployment directories.
+fn leftovers(cluster: &LocalCluster) -> Vec<String> {
+    let mut left: Vec<String> = cluster
+        .all_workloads()
+        .into_iter()
+        .map(|(node, pid, component)| format!("{node}: process {pid} ({component})"))
+        .collect();
+    for node in cluster.nodes() {
+        let dir = node.data_dir.join("deployments");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            left.extend(
+                entries
+                    .flatten()
+                    .map(|e| format!("{}: {}", node.name, e.path().display())),
+            );
+        }
+    }
+    left
+}
+
+/// Waits (up to 20 s) until nothing of any deployment is left on any host (INV-3).
+fn assert_clean(cluster: &LocalCluster) {
+    if cluster
+        .wait_until("clean hosts", Duration::from_secs(20), || {
+            leftovers(cluster).is_empty()
+        })
+        .is_err()
+    {
+        panic!("left behind: {:?}", leftovers(cluster));
+    }
+}
+
+#[test]
+fn deploy_from_any_node_survive_the_loss_of_a_node_and_of_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path());
+    for node in NODES {
+        assert_eq!(cluster.members(node).unwrap().len(), 5, "{node}");
+    }
+    // Deployed from a node that is not the seed: that node is the root.
+    cluster.deploy("n4", "ha", HA_POOL).unwrap();
+    let status = wait_status(&cluster, "n2", "ha", Duration::from_secs(30), |s| {
+        all_running(s, 10)
+    });
+    assert_eq!(status.deployment.root_node, "n4");
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for worker in workers(&status) {
+        *per_node.entry(worker.node.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_node.len(), 5, "spread over every node: {per_node:?}");
+    assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
+
+    // A node hosting domains (not the root) is lost: its replicas come back elsewhere.
+    cluster.kill_machine("n2").unwrap();
+    let healed = wait_status(&cluster, "n3", "ha", Duration::from_secs(30), |s| {
+        all_running(s, 10) && workers(s).iter().all(|c| c.node != "n2")
+    });
+    assert!(workers(&healed).iter().all(|c| c.node != "n2"));
+    let counts = instances(&cluster);
+    assert_eq!(counts.len(), 10, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
+
+    // The root is lost: another node takes the deployment over and still manages it.
+    let before_pids: BTreeMap<String, u32> = workers(&healed)
+        .iter()
+        .filter(|c| c.node != "n4")
+        .map(|c| (c.path.clone(), c.pid.unwrap()))
+        .collect();
+    cluster.kill_machine("n4").unwrap();
+    let taken = wait_status(&cluster, "n1", "ha", Duration::from_secs(30), |s| {
+        s.deployment.root_node != "n4"
+            && all_running(s, 10)
+            && workers(s).iter().all(|c| c.node != "n4" && c.node != "n2")
+    });
+    assert!(taken.deployment.epoch > status.deployment.epoch);
+    for worker in workers(&taken) {
+        if let Some(pid) = before_pids.get(&worker.path) {
+            assert_eq!(
+                worker.pid,
+                Some(*pid),
+                "{} was restarted, not adopted; before: {healed:#?}\nafter: {taken:#?}",
+                worker.path
+            );
+        }
+    }
+    let counts = instances(&cluster);
+    assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
+
+    // The lost machines come back empty and join; nothing of the old root runs again.
+    cluster.launch("n2").unwrap();
+    cluster.launch("n4").unwrap();
+    cluster.wait_converged(5, Duration::from_secs(20)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let counts = instances(&cluster);
+    assert_eq!(counts.len(), 10, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "duplicates: {counts:?}");
+    let listed = cluster.deployments("n4").unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].root_node, taken.deployment.root_node);
+
+    // Terminated from yet another node: nothing is left anywhere.
+    cluster.terminate("n5", "ha").unwrap();
+    assert_clean(&cluster);
+    for node in NODES {
+        assert!(cluster.deployments(node).unwrap().is_empty(), "{node}");
+    }
+}
+
+#[test]
+fn after_a_partition_heals_exactly_one_instance_of_each_component_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path());
+    cluster.deploy("n1", "split", HA_POOL).unwrap();
+    let before = wait_status(&cluster, "n1", "split", Duration::from_secs(30), |s| {
+        all_running(s, 10)
+    });
+    assert_eq!(before.deployment.root_node, "n1");
+    // The root is on the minority side.
+    cluster
+        .partition(&["n1", "n2"], &["n3", "n4", "n5"])
+        .unwrap();
+    let majority = wait_status(&cluster, "n3", "split", Duration::from_secs(30), |s| {
+        s.deployment.root_node != "n1"
+            && all_running(s, 10)
+            && workers(s).iter().all(|c| c.node != "n1" && c.node != "n2")
+    });
+    // The minority placed nothing new meanwhile: its members still run only what they ran.
+    let minority_view = cluster.status("n1", "split").unwrap();
+    assert!(
+        workers(&minority_view).iter().all(|c| {
+            before
+                .components
+                .iter()
+                .any(|b| b.path == c.path && b.node == c.node)
+                || c.state != ComponentState::Running
+        }),
+        "before: {before:#?}\nminority: {minority_view:#?}"
+    );
+    cluster.heal();
+    cluster.wait_converged(5, Duration::from_secs(20)).unwrap();
+    cluster
+        .wait_until(
+            "one instance of each worker",
+            Duration::from_secs(30),
+            || {
+                let counts = instances(&cluster);
+                counts.len() == 10 && counts.values().all(|&n| n == 1)
+            },
+        )
+        .unwrap_or_else(|_| panic!("instances: {:?}", instances(&cluster)));
+    let settled = wait_status(&cluster, "n2", "split", Duration::from_secs(30), |s| {
+        all_running(s, 10) && s.deployment.root_node == majority.deployment.root_node
+    });
+    assert_eq!(settled.deployment.root_node, majority.deployment.root_node);
+    cluster.terminate("n2", "split").unwrap();
+    assert_clean(&cluster);
+}
+
+#[test]
+fn gossip_with_the_wrong_key_and_a_foreign_certificate_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sd"));
+    let cluster = LocalCluster::start_with(
+        binary,
+        dir.path(),
+        &NODES[..3],
+        &["--vm-accelerator", "tcg"],
+    )
+    .expect("the cluster starts");
+    let seed = cluster.node("n1").unwrap().gossip_port;
+    // An intruder with a CA and gossip key of its own, same cluster name.
+    let foreign = dir.path().join("foreign");
+    let ok = std::process::Command::new(binary)
+        .args(["cluster", "init"])
+        .arg(foreign.join("pki"))
+        .args(["--name", "local", "--node", "x"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut intruder = std::process::Command::new(binary)
+        .args(["agent", "--name", "x", "--api-listen", "127.0.0.1:0"])
+        .args(["--vm-accelerator", "tcg", "--gossip-listen", "127.0.0.1:0"])
+        .args([
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--join",
+            &format!("127.0.0.1:{seed}"),
+        ])
+        .arg("--data-dir")
+        .arg(foreign.join("x"))
+        .arg("--cluster-dir")
+        .arg(foreign.join("pki"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cluster
+        .wait_until("gossip refused", Duration::from_secs(10), || {
+            cluster
+                .stats("n1")
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.gossip_dropped_bad_auth > 0)
+        })
+        .unwrap();
+    assert!(cluster.members("n1").unwrap().iter().all(|m| m.name != "x"));
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+
+    // With the right gossip key but a certificate from another CA, it is seen in gossip (a
+    // hint), but no peer talks to it, nor it to them.
+    std::fs::copy(
+        dir.path().join("pki/gossip.key"),
+        foreign.join("pki/gossip.key"),
+    )
+    .unwrap();
+    let mut impostor = std::process::Command::new(binary)
+        .args(["agent", "--name", "x", "--api-listen", "127.0.0.1:0"])
+        .args(["--vm-accelerator", "tcg", "--gossip-listen", "127.0.0.1:0"])
+        .args([
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--join",
+            &format!("127.0.0.1:{seed}"),
+        ])
+        .arg("--data-dir")
+        .arg(foreign.join("x"))
+        .arg("--cluster-dir")
+        .arg(foreign.join("pki"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cluster
+        .wait_until("the impostor in gossip", Duration::from_secs(10), || {
+            cluster.members("n1").unwrap().iter().any(|m| m.name == "x")
+        })
+        .unwrap();
+    // Listing asks every member: the call to the impostor fails its handshake.
+    let _ = cluster.deployments("n1").unwrap();
+    cluster
+        .wait_until("handshakes refused", Duration::from_secs(10), || {
+            let _ = cluster.deployments("n1");
+            cluster
+                .stats("n1")
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.rpc_refused_handshakes > 0)
+        })
+        .unwrap();
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
