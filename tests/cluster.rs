@@ -22,7 +22,10 @@ sfConfig extends Compound {
     sdMaxRestarts 50;
     sdRestartWindow 60;
     template extends LAZY Compound {
-      worker extends ProcessDomain { memory 10; command [| "/bin/sleep", "600" |]; }
+      worker extends ProcessDomain {
+        memory 10;
+        command [| "/bin/sh", "-c", "echo up on $SD_NODE; exec sleep 600" |];
+      }
     }
   }
 }
@@ -150,6 +153,17 @@ fn deploy_from_any_node_survive_the_loss_of_a_node_and_of_the_root() {
     }
     assert_eq!(per_node.len(), 5, "spread over every node: {per_node:?}");
     assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
+    // A domain's log, read from a node that does not run it.
+    let remote = workers(&status)
+        .into_iter()
+        .find(|c| c.node != "n1")
+        .expect("a worker elsewhere");
+    let logs = cluster.sd("n1", &["logs", "ha", &remote.path]).unwrap();
+    assert!(logs.status.success(), "{logs:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout).trim(),
+        format!("up on {}", remote.node)
+    );
 
     // A node hosting domains (not the root) is lost: its replicas come back elsewhere.
     cluster.kill_machine("n2").unwrap();

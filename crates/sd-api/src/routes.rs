@@ -16,7 +16,7 @@ use sd_proto::{
     API_PREFIX, DeployRequest, DeploymentState, DeploymentStatus, DeploymentSummary,
     MAX_REQUEST_BYTES, NodeInfo,
 };
-use sd_runtime::Node;
+use sd_runtime::{LogLocation, Node};
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -159,6 +159,50 @@ struct LogParams {
 }
 
 /// `GET /v1/deployments/{name}/logs?path=sfConfig:a[&follow=true]`: the log as text.
+/// The most read from another node at once.
+const CHUNK: u32 = 64 << 10;
+
+/// A log on another node, read through it in chunks (and, following, polled).
+struct RemoteTail {
+    node: sd_runtime::Node,
+    peer: String,
+    deployment: String,
+    path: String,
+    offset: u64,
+    follow: bool,
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+impl RemoteTail {
+    fn into_body(self) -> axum::body::Body {
+        axum::body::Body::from_stream(futures::stream::unfold(self, |mut tail| async move {
+            loop {
+                let read = tail
+                    .node
+                    .read_log_on(&tail.peer, &tail.deployment, &tail.path, tail.offset, CHUNK)
+                    .await;
+                match read {
+                    Ok((bytes, next)) if !bytes.is_empty() => {
+                        tail.offset = next;
+                        return Some((
+                            Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes)),
+                            tail,
+                        ));
+                    }
+                    Ok(_) if tail.follow && !*tail.closing.borrow() => {
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                            _ = tail.closing.changed() => return None,
+                        }
+                    }
+                    // The end, or the node no longer has it (the deployment ended there).
+                    _ => return None,
+                }
+            }
+        }))
+    }
+}
+
 async fn logs(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -166,13 +210,26 @@ async fn logs(
 ) -> Answer<Response> {
     let Path(name) = name?;
     let Query(params) = params?;
-    let file = state.node.log_path(&name, &params.path)?;
-    let node = state.node.clone();
-    let component = params.path;
-    // The log is removed when its deployment ends (terminated or failed), and then
-    // `log_path` refuses: that ends a follow.
-    let alive = move || node.log_path(&name, &component).is_ok();
-    let body = Tail::new(file, params.follow, alive, state.closing.subscribe()).into_body();
+    let body = match state.node.log_location(&name, &params.path).await? {
+        LogLocation::Here(file) => {
+            let node = state.node.clone();
+            let component = params.path;
+            // The log is removed when its deployment ends (terminated or failed), and then
+            // `log_path` refuses: that ends a follow.
+            let alive = move || node.log_path(&name, &component).is_ok();
+            Tail::new(file, params.follow, alive, state.closing.subscribe()).into_body()
+        }
+        LogLocation::On(peer) => RemoteTail {
+            node: state.node.clone(),
+            peer,
+            deployment: name,
+            path: params.path,
+            offset: 0,
+            follow: params.follow,
+            closing: state.closing.subscribe(),
+        }
+        .into_body(),
+    };
     let headers = [
         (
             CONTENT_TYPE,

@@ -121,6 +121,17 @@ impl Quorum {
             .insert(node.to_string(), std::time::Instant::now());
     }
 
+    /// Whether `node` answered lately, or has not been asked yet (it joined a moment ago).
+    fn answers(&self, node: &str) -> bool {
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        answered
+            .get(node)
+            .is_none_or(|at| at.elapsed() <= CONTACT_FRESHNESS)
+    }
+
     /// A strict majority of `known` members answered lately (this node counts itself).
     fn holds(&self, me: &str, known: &[String]) -> bool {
         let answered = self
@@ -205,7 +216,18 @@ impl Peers for ClusterPeers {
     }
 
     fn members(&self) -> Vec<NodeView> {
-        self.membership.members().iter().map(node_view).collect()
+        // Alive: the gossip says so and, lately, it answered: a node whose gossip has not
+        // timed out yet but that no longer answers gets no new work.
+        let me = self.membership.local().name;
+        self.membership
+            .members()
+            .iter()
+            .map(|member| {
+                let mut view = node_view(member);
+                view.alive = view.alive && (view.name == me || self.quorum.answers(&view.name));
+                view
+            })
+            .collect()
     }
 
     fn has_quorum(&self) -> bool {

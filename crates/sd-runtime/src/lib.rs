@@ -31,7 +31,7 @@ pub mod supervision;
 mod vm_host;
 
 pub use cluster::Peers;
-pub use node::{Node, NodeConfig};
+pub use node::{LogLocation, Node, NodeConfig};
 pub use sd_drivers::qemu::Accelerator;
 
 /// What went wrong in the runtime. The messages name the deployment, component and attribute.

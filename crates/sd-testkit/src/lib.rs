@@ -321,6 +321,29 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Stops a node's agent the way an operator does (SIGTERM) and waits for it to exit
+    /// (SIGKILL after 20 s). Its workloads keep running, for the next agent to adopt.
+    pub fn stop_agent(&mut self, name: &str) -> Result<()> {
+        let node = self.node_mut(name)?;
+        let Some(mut child) = node.child.take() else {
+            return Ok(());
+        };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(Error::Timeout {
+            what: format!("agent {name} to stop on SIGTERM"),
+            seconds: 20,
+        })
+    }
+
     /// Loses a whole machine: SIGKILLs its agent and every workload it started.
     pub fn kill_machine(&mut self, name: &str) -> Result<()> {
         self.kill_agent(name)?;

@@ -17,7 +17,7 @@ use sd_proto::{DeploymentState, DeploymentStatus, DeploymentSummary};
 use sd_store::{DeploymentRecord, unix_ms_now};
 use tokio::sync::mpsc;
 
-use super::{Fragment, Live, Node, lock, prepare, remove_dir};
+use super::{Fragment, Live, LogLocation, Node, lock, prepare, remove_dir};
 use crate::cluster::{SHORT_DEADLINE, is_alive};
 use crate::component::{
     Args, ComponentActor, ComponentMsg, ComponentRef, Deployment, DeploymentIdentity, ParentRef,
@@ -25,6 +25,10 @@ use crate::component::{
 };
 use crate::supervision::Ending;
 use crate::{Error, Result};
+
+/// How long a node waits for each peer's answer to a query of every peer (status, lists):
+/// a peer that does not answer by then is left out rather than holding the answer up.
+const QUERY_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// How long a ping of a fragment's component may take here.
 const LOCAL_PING: std::time::Duration = std::time::Duration::from_secs(1);
@@ -697,7 +701,7 @@ impl Node {
             let peers = Arc::clone(&peers);
             let request = request.clone();
             async move {
-                let answer = peers.call(&node, request, SHORT_DEADLINE).await;
+                let answer = peers.call(&node, request, QUERY_DEADLINE).await;
                 answer.ok().map(|answer| (node, answer))
             }
         });
@@ -706,6 +710,68 @@ impl Node {
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// Where the log of the component at `path` is: here, or on the node that runs it.
+    pub async fn log_location(&self, name: &str, path: &str) -> Result<LogLocation> {
+        let wanted = if path == "sfConfig" || path.starts_with("sfConfig:") {
+            path.to_string()
+        } else {
+            format!("sfConfig:{path}")
+        };
+        let here = self.records().deployment(name).is_some_and(|entry| {
+            entry
+                .components
+                .values()
+                .any(|record| record.path == wanted && record.node == self.inner.config.name)
+        });
+        if here || self.inner.services.peers.is_none() {
+            return self.log_path(name, path).map(LogLocation::Here);
+        }
+        let status = self.cluster_status(name).await?;
+        match status.components.iter().find(|c| c.path == wanted) {
+            Some(component) if component.node == self.inner.config.name => {
+                self.log_path(name, path).map(LogLocation::Here)
+            }
+            Some(component) => Ok(LogLocation::On(component.node.clone())),
+            None => Err(Error::NoComponent {
+                deployment: name.to_string(),
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    /// Up to `max` bytes of a log on another node, from `offset`: the bytes and the offset
+    /// after them. An error once the node no longer has it (the deployment ended there).
+    pub async fn read_log_on(
+        &self,
+        node: &str,
+        name: &str,
+        path: &str,
+        offset: u64,
+        max: u32,
+    ) -> Result<(Vec<u8>, u64)> {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return Err(Error::NotFound {
+                name: name.to_string(),
+            });
+        };
+        let request = PeerRequest::ReadLog {
+            deployment: name.to_string(),
+            path: path.to_string(),
+            offset,
+            max,
+        };
+        let remote = |reason: String| Error::Remote {
+            node: node.to_string(),
+            reason,
+        };
+        match peers.call(node, request, SHORT_DEADLINE).await {
+            Ok(PeerResponse::Log { bytes, next }) => Ok((bytes, next)),
+            Ok(PeerResponse::Refused(why)) => Err(remote(why)),
+            Ok(other) => Err(remote(format!("unexpected answer {other:?}"))),
+            Err(why) => Err(remote(why)),
+        }
     }
 
     /// Part of a domain's log on this node.

@@ -61,6 +61,15 @@ impl std::fmt::Debug for dyn Peers {
     }
 }
 
+/// Where a component's log is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogLocation {
+    /// In this file on this node.
+    Here(PathBuf),
+    /// On that node (read it with [`Node::read_log_on`]).
+    On(String),
+}
+
 /// A deployment this node holds actors for: its root (on the node it was deployed from), or
 /// fragments (components whose parent runs on another node), or both.
 struct Live {
