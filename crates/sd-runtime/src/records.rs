@@ -187,6 +187,20 @@ impl Records {
         self.table().get(name).cloned()
     }
 
+    /// The nodes the components at `indices` were last recorded on (those with a record),
+    /// read without copying the deployment's records.
+    pub fn nodes_of(&self, deployment: &str, indices: &[usize]) -> Vec<String> {
+        let table = self.table();
+        let Some(entry) = table.get(deployment) else {
+            return Vec::new();
+        };
+        indices
+            .iter()
+            .filter_map(|index| entry.components.get(index))
+            .map(|record| record.node.clone())
+            .collect()
+    }
+
     /// A deployment's record only.
     pub fn deployment_record(&self, name: &str) -> Option<DeploymentRecord> {
         self.table().get(name).map(|entry| entry.record.clone())

@@ -361,13 +361,13 @@ async fn wait_for_placement(
 ) -> std::result::Result<Option<String>, Failure> {
     let path = deployment.plan.components[index].path_text();
     let parent = deployment.plan.components[index].parent;
-    let siblings: Vec<String> = parent
+    let siblings: Vec<usize> = parent
         .map(|parent| deployment.plan.components[parent].children.clone())
         .unwrap_or_default()
         .into_iter()
         .filter(|&sibling| sibling != index)
-        .filter_map(|sibling| deployment.node_of(sibling))
         .collect();
+    let siblings = deployment.nodes_of(&siblings);
     loop {
         match placing::place(deployment, index, &siblings) {
             Ok(Placement::Here) => return Ok(None),

@@ -199,11 +199,12 @@ impl Deployment {
 
     /// The node the component at `index` was last recorded on.
     pub fn node_of(&self, index: usize) -> Option<String> {
-        let entry = self.services.records.deployment(&self.name)?;
-        entry
-            .components
-            .get(&index)
-            .map(|record| record.node.clone())
+        self.services.records.nodes_of(&self.name, &[index]).pop()
+    }
+
+    /// The nodes the components at `indices` were last recorded on.
+    pub fn nodes_of(&self, indices: &[usize]) -> Vec<String> {
+        self.services.records.nodes_of(&self.name, indices)
     }
 
     /// Whether the component at `index` runs on another node than this one (the parts of the

@@ -163,21 +163,14 @@ impl Node {
         let name = &spec.key.deployment;
         sd_store::validate_deployment_name(name)
             .map_err(|_| format!("invalid deployment name \"{name}\""))?;
-        {
-            let mut live = lock(&self.inner.live);
-            if let Some(entry) = live.get_mut(name) {
-                if spec.key.epoch < entry.epoch {
-                    return Err(format!(
-                        "stale request: this node holds deployment \"{name}\" under epoch {}, newer than {}",
-                        entry.epoch, spec.key.epoch
-                    ));
-                }
-                if spec.key.epoch > entry.epoch {
-                    entry.epoch = spec.key.epoch;
-                    tokio::spawn(self.clone().sweep_stale(name.clone(), spec.key.epoch));
-                }
-                return Ok(Arc::clone(&entry.deployment));
-            }
+        if let Some(known) = self.known_context(spec)? {
+            return Ok(known);
+        }
+        // The first fragments of a deployment often arrive together (a pool's replicas): one
+        // of them plans the description, the others wait for it and use its plan.
+        let _planning = self.inner.planning.lock().await;
+        if let Some(known) = self.known_context(spec)? {
+            return Ok(known);
         }
         let properties = self.inner.services.properties.clone();
         let (source, description) = (spec.source.clone(), spec.description.clone());
@@ -229,6 +222,30 @@ impl Node {
             epoch: spec.key.epoch,
         });
         Ok(Arc::clone(&entry.deployment))
+    }
+
+    /// The deployment's state already on this node for a fragment, under the request's epoch
+    /// (a newer one is adopted; an older one is refused).
+    fn known_context(
+        &self,
+        spec: &FragmentSpec,
+    ) -> std::result::Result<Option<Arc<Deployment>>, String> {
+        let name = &spec.key.deployment;
+        let mut live = lock(&self.inner.live);
+        let Some(entry) = live.get_mut(name) else {
+            return Ok(None);
+        };
+        if spec.key.epoch < entry.epoch {
+            return Err(format!(
+                "stale request: this node holds deployment \"{name}\" under epoch {}, newer than {}",
+                entry.epoch, spec.key.epoch
+            ));
+        }
+        if spec.key.epoch > entry.epoch {
+            entry.epoch = spec.key.epoch;
+            tokio::spawn(self.clone().sweep_stale(name.clone(), spec.key.epoch));
+        }
+        Ok(Some(Arc::clone(&entry.deployment)))
     }
 
     /// How long fragments of an older epoch wait to be adopted by the new owner.

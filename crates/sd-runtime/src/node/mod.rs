@@ -102,6 +102,8 @@ struct Inner {
     /// Deployment records other nodes replicated here, so that this node can take a
     /// deployment over if its root is lost.
     replicas: Mutex<HashMap<String, sd_proto::peer::Replica>>,
+    /// Held while a fragment's description is planned (once per deployment and node).
+    planning: tokio::sync::Mutex<()>,
 }
 
 /// One node's runtime: cheap to clone, all clones are the same node.
@@ -217,6 +219,7 @@ impl Node {
                 busy: Mutex::default(),
                 shutting_down: AtomicBool::new(false),
                 replicas: Mutex::new(replicas),
+                planning: tokio::sync::Mutex::new(()),
             }),
         };
         node.stop_unrecorded(&entries).await;
@@ -274,6 +277,16 @@ impl Node {
             return Err(Error::Exists {
                 name,
                 state: existing.state.name().to_string(),
+            });
+        }
+        // Another node's deployment of that name, as its replica here says.
+        let replicated = lock(&self.inner.replicas)
+            .get(&name)
+            .map(|replica| replica.summary.root_node.clone());
+        if let Some(root) = replicated {
+            return Err(Error::Exists {
+                name,
+                state: format!("its root is node \"{root}\""),
             });
         }
         let properties = self.inner.services.properties.clone();
