@@ -423,7 +423,17 @@ async fn a_lost_root_is_taken_over_adopting_what_runs_elsewhere_and_steps_down_w
     let settled = cluster.wait("node-a", "succ", running).await;
     assert_eq!(settled.deployment.root_node, after.deployment.root_node);
     let new_root = after.deployment.root_node.clone();
-    cluster.node("node-a").terminate("succ").await.unwrap();
+    // The old root may still be finishing its step-down (the name is busy there a moment).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cluster.node("node-a").terminate("succ").await {
+            Ok(()) => break,
+            Err(sd_runtime::Error::Exists { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
     for node in ["node-a", "node-b", "node-c"] {
         let left = cluster.node(node).cluster_deployments().await;
         assert!(left.is_empty(), "{node} ({new_root} was root): {left:?}");
