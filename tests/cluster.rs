@@ -3,6 +3,7 @@
 //! loss is a lost machine: its agent and every process it started are SIGKILLed.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use sd_proto::{ComponentState, DeploymentState, DeploymentStatus};
@@ -31,9 +32,9 @@ sfConfig extends Compound {
 }
 "#;
 
-fn start(dir: &std::path::Path) -> LocalCluster {
+fn start(dir: &Path) -> LocalCluster {
     LocalCluster::start_with(
-        std::path::Path::new(env!("CARGO_BIN_EXE_sd")),
+        Path::new(env!("CARGO_BIN_EXE_sd")),
         dir,
         &NODES,
         &["--vm-accelerator", "tcg"],
@@ -58,7 +59,8 @@ fn all_running(status: &DeploymentStatus, count: usize) -> bool {
             == count
 }
 
-/// Waits until `node` sees the deployment pass `check`; the last status in the panic.
+/// Waits until `node` sees the deployment pass `check`; the last status and every node's
+/// view of the members in the panic.
 fn wait_status(
     cluster: &LocalCluster,
     node: &str,
@@ -66,31 +68,24 @@ fn wait_status(
     within: Duration,
     check: impl Fn(&DeploymentStatus) -> bool,
 ) -> DeploymentStatus {
-    let mut last = None;
-    let waited = cluster.wait_until(name, within, || {
-        let status = cluster.status(node, name);
-        let done = status.as_ref().is_ok_and(&check);
-        last = Some(status);
-        done
-    });
-    let last = last.expect("polled at least once");
-    if waited.is_err() {
-        let views: Vec<String> = NODES
-            .iter()
-            .map(|n| match cluster.members(n) {
-                Ok(members) => format!(
-                    "{n} sees {:?}",
-                    members
-                        .iter()
-                        .map(|m| format!("{}:{}", m.name, m.state))
-                        .collect::<Vec<_>>()
-                ),
-                Err(error) => format!("{n}: {error}"),
-            })
-            .collect();
-        panic!("timed out; members: {views:#?}\nlast status from {node}: {last:#?}");
-    }
-    last.expect("a status")
+    cluster
+        .wait_status(node, name, within, check)
+        .unwrap_or_else(|error| {
+            let views: Vec<String> = NODES
+                .iter()
+                .map(|n| match cluster.members(n) {
+                    Ok(members) => format!(
+                        "{n} sees {:?}",
+                        members
+                            .iter()
+                            .map(|m| format!("{}:{}", m.name, m.state))
+                            .collect::<Vec<_>>()
+                    ),
+                    Err(error) => format!("{n}: {error}"),
+                })
+                .collect();
+            panic!("members: {views:#?}\n{error}")
+        })
 }
 
 /// How many processes run each worker, over the whole cluster.
@@ -271,10 +266,26 @@ fn after_a_partition_heals_exactly_one_instance_of_each_component_runs() {
     assert_clean(&cluster);
 }
 
+/// An agent named `x` of another cluster directory, joining through `seed`.
+fn foreign_agent(binary: &Path, foreign: &Path, seed: u16) -> std::process::Child {
+    std::process::Command::new(binary)
+        .args(["agent", "--name", "x", "--api-listen", "127.0.0.1:0"])
+        .args(["--vm-accelerator", "tcg", "--gossip-listen", "127.0.0.1:0"])
+        .args(["--peer-listen", "127.0.0.1:0"])
+        .args(["--join", &format!("127.0.0.1:{seed}")])
+        .arg("--data-dir")
+        .arg(foreign.join("x"))
+        .arg("--cluster-dir")
+        .arg(foreign.join("pki"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the foreign agent starts")
+}
+
 #[test]
 fn gossip_with_the_wrong_key_and_a_foreign_certificate_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sd"));
+    let binary = Path::new(env!("CARGO_BIN_EXE_sd"));
     let cluster = LocalCluster::start_with(
         binary,
         dir.path(),
@@ -292,22 +303,7 @@ fn gossip_with_the_wrong_key_and_a_foreign_certificate_are_refused_and_counted()
         .status()
         .unwrap();
     assert!(ok.success());
-    let mut intruder = std::process::Command::new(binary)
-        .args(["agent", "--name", "x", "--api-listen", "127.0.0.1:0"])
-        .args(["--vm-accelerator", "tcg", "--gossip-listen", "127.0.0.1:0"])
-        .args([
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--join",
-            &format!("127.0.0.1:{seed}"),
-        ])
-        .arg("--data-dir")
-        .arg(foreign.join("x"))
-        .arg("--cluster-dir")
-        .arg(foreign.join("pki"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut intruder = foreign_agent(binary, &foreign, seed);
     cluster
         .wait_until("gossip refused", Duration::from_secs(10), || {
             cluster
@@ -328,22 +324,7 @@ fn gossip_with_the_wrong_key_and_a_foreign_certificate_are_refused_and_counted()
         foreign.join("pki/gossip.key"),
     )
     .unwrap();
-    let mut impostor = std::process::Command::new(binary)
-        .args(["agent", "--name", "x", "--api-listen", "127.0.0.1:0"])
-        .args(["--vm-accelerator", "tcg", "--gossip-listen", "127.0.0.1:0"])
-        .args([
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--join",
-            &format!("127.0.0.1:{seed}"),
-        ])
-        .arg("--data-dir")
-        .arg(foreign.join("x"))
-        .arg("--cluster-dir")
-        .arg(foreign.join("pki"))
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut impostor = foreign_agent(binary, &foreign, seed);
     cluster
         .wait_until("the impostor in gossip", Duration::from_secs(10), || {
             cluster.members("n1").unwrap().iter().any(|m| m.name == "x")

@@ -70,30 +70,12 @@ fn wait_status(
     within: Duration,
     check: impl Fn(&DeploymentStatus) -> bool,
 ) -> DeploymentStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(status) = cluster.status(node, name)
-            && check(&status)
-        {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {name}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cluster.wait_status(node, name, within, check).unwrap()
 }
 
 fn quantiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     (samples[samples.len() / 2], samples[samples.len() - 1])
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn start(dir: &Path) -> LocalCluster {
@@ -212,7 +194,7 @@ fn main() {
     let rss: Vec<f64> = cluster
         .nodes()
         .iter()
-        .map(|node| rss_kib(node.agent_pid().unwrap()) as f64 / 1024.0)
+        .map(|node| sd_testkit::rss_kib(node.agent_pid().unwrap()).unwrap() as f64 / 1024.0)
         .collect();
     let stats = cluster.stats("b1").unwrap().unwrap_or_default();
     println!(

@@ -20,7 +20,8 @@ pub enum Policy {
     #[default]
     Spread,
     /// `"binpack"`: the fullest node that still fits (relative to its size), so whole nodes
-    /// stay free; among equals, the one with fewest nodes to avoid, then by name.
+    /// stay free; among equals, the one named most in `avoid` (where siblings already run:
+    /// packed together while free capacity has not caught up yet), then by name.
     Binpack,
 }
 
@@ -68,8 +69,9 @@ pub struct Request {
     pub pinned: Option<String>,
     /// How to pick among the nodes that qualify.
     pub policy: Policy,
-    /// Nodes to avoid if possible, once per component already there (e.g. one entry per
-    /// sibling replica): among nodes otherwise equal, the one named fewest times is chosen.
+    /// Where siblings already run, once per sibling (e.g. one entry per replica placed): among
+    /// nodes otherwise equal, spread takes the one named fewest times, binpack the one named
+    /// most.
     pub avoid: Vec<String>,
 }
 
@@ -174,7 +176,7 @@ impl fmt::Display for Decision {
 /// the capacity; it waits ([`Decision::Wait`]) if the node is down or not known, and is
 /// refused otherwise. Any other request goes to an alive node that matches every constraint
 /// and has the capacity, picked by the request's [`Policy`]; ties are broken by the number of
-/// times the node is named in `avoid`, then by name.
+/// times the node is named in `avoid` (spread: fewer first; binpack: more first), then by name.
 pub fn place(nodes: &[NodeView], request: &Request) -> Decision {
     match choose(nodes, request, &[]) {
         Choice::Node(index) => Decision::Place(nodes[index].name.clone()),
@@ -297,8 +299,12 @@ fn choose(nodes: &[NodeView], request: &Request, placed_here: &[usize]) -> Choic
             Policy::Spread => scores[y].total_cmp(&scores[x]),
             Policy::Binpack => scores[x].total_cmp(&scores[y]),
         };
+        let by_siblings = match request.policy {
+            Policy::Spread => avoided(x).cmp(&avoided(y)),
+            Policy::Binpack => avoided(y).cmp(&avoided(x)),
+        };
         by_score
-            .then_with(|| avoided(x).cmp(&avoided(y)))
+            .then(by_siblings)
             .then_with(|| by_name(nodes, x, y))
     });
     match best {
@@ -427,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn ties_go_to_fewer_avoided_then_by_name() {
+    fn ties_go_to_fewer_avoided_with_spread_and_more_with_binpack_then_by_name() {
         let nodes = [node("c", 2, 2048), node("b", 2, 2048), node("a", 2, 2048)];
         let request = Request::new("r", Resources::new(1, 1));
         assert_eq!(place(&nodes, &request), Decision::Place("a".into()));
@@ -436,7 +442,7 @@ mod tests {
             .avoiding(vec!["a".into(), "b".into(), "a".into()]);
         assert_eq!(place(&nodes, &avoiding), Decision::Place("c".into()));
         let binpack = avoiding.with_policy(Policy::Binpack);
-        assert_eq!(place(&nodes, &binpack), Decision::Place("c".into()));
+        assert_eq!(place(&nodes, &binpack), Decision::Place("a".into()));
     }
 
     #[test]

@@ -58,7 +58,12 @@ impl Peers for LocalPeers {
             .unwrap()
             .iter()
             .map(|(name, (_, alive))| {
-                let view = NodeView::new(name.clone(), Resources::new(8, 8192));
+                // node-a is in zone eu, the others in zone us; node-c has a gpu.
+                let mut view = NodeView::new(name.clone(), Resources::new(8, 8192))
+                    .with_label("zone", if name == "node-a" { "eu" } else { "us" });
+                if name == "node-c" {
+                    view = view.with_label("gpu", "1");
+                }
                 if *alive { view } else { view.down() }
             })
             .collect();
@@ -441,4 +446,69 @@ async fn a_lost_root_is_taken_over_adopting_what_runs_elsewhere_and_steps_down_w
     for (_, pid) in &pids_elsewhere {
         assert!(!process_alive(*pid));
     }
+}
+
+const CONSTRAINED: &str = r#"
+sfConfig extends Compound {
+  packer extends Scheduler { sdPlacement "binpack"; sdConstraints [| "zone=us" |]; }
+  gpu extends Schedulee {
+    sdConstraints [| "gpu" |];
+    worker extends ProcessDomain { command [| "/bin/sleep", "300" |]; }
+  }
+  packed extends Pool {
+    replicas 3;
+    scheduler LAZY packer;
+    template extends LAZY Compound {
+      worker extends ProcessDomain { memory 1000; command [| "/bin/sleep", "300" |]; }
+    }
+  }
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_place_by_labels_and_policy_and_say_why_they_cannot() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    cluster.deploy("node-a", "placed", CONSTRAINED).await;
+    let status = cluster
+        .wait("node-a", "placed", |s| {
+            s.deployment.state == DeploymentState::Running
+        })
+        .await;
+    // The Schedulee needs a gpu: node-c.
+    assert_eq!(component(&status, "sfConfig:gpu:worker").node, "node-c");
+    // Binpack among zone=us: the fullest node that fits, the same one each time.
+    let packed: Vec<&str> = (1..=3)
+        .map(|n| {
+            component(&status, &format!("sfConfig:packed:r{n}:worker"))
+                .node
+                .as_str()
+        })
+        .collect();
+    assert!(packed.iter().all(|node| *node == packed[0]), "{packed:?}");
+    assert_ne!(packed[0], "node-a", "node-a is in zone eu");
+    cluster.node("node-a").terminate("placed").await.unwrap();
+
+    // Nowhere to go: the deploy fails, naming the constraint.
+    cluster
+        .deploy(
+            "node-b",
+            "nowhere",
+            r#"sfConfig extends Compound {
+                 mars extends Schedulee {
+                   sdConstraints [| "zone=mars" |];
+                   worker extends ProcessDomain { command [| "/bin/sleep", "300" |]; }
+                 }
+               }"#,
+        )
+        .await;
+    let failed = cluster
+        .wait("node-b", "nowhere", |s| {
+            matches!(s.deployment.state, DeploymentState::Failed { .. })
+        })
+        .await;
+    let DeploymentState::Failed { reason } = &failed.deployment.state else {
+        unreachable!()
+    };
+    assert!(reason.contains("zone=mars"), "{reason}");
+    cluster.node("node-b").terminate("nowhere").await.unwrap();
 }

@@ -400,6 +400,33 @@ impl LocalCluster {
         self.api_get(name, &format!("/deployments/{deployment}"))
     }
 
+    /// Waits until `name` sees the deployment pass `check` (polled every 20 ms); the error
+    /// carries the last status seen.
+    pub fn wait_status(
+        &self,
+        name: &str,
+        deployment: &str,
+        within: Duration,
+        check: impl Fn(&DeploymentStatus) -> bool,
+    ) -> Result<DeploymentStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status(name, deployment);
+            if let Ok(status) = &status
+                && check(status)
+            {
+                return Ok(status.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("{deployment} as {name} sees it; last: {status:#?}"),
+                    seconds: within.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The deployments as `name` sees them.
     pub fn deployments(&self, name: &str) -> Result<Vec<DeploymentSummary>> {
         self.api_get(name, "/deployments")
@@ -518,6 +545,15 @@ fn signal(pid: u32, signal: &str) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// The resident set of a process, in KiB (`None` once it is gone).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The processes that carry `SD_DATA_DIR=<data_dir>` in their environment (what an agent on

@@ -484,6 +484,13 @@ impl Node {
     /// Once nothing of a deployment runs here any more and this node is not its root, its
     /// directory and records go.
     pub(super) async fn release_if_idle(&self, name: &str) {
+        self.release(name, false).await;
+    }
+
+    /// Once nothing of a deployment runs here any more: its directory goes, and its record
+    /// too if it is another node's deployment, or (`forget_own`) this node's own under the
+    /// epoch that was running (a newer one, from a takeover meanwhile, stays).
+    pub(super) async fn release(&self, name: &str, forget_own: bool) {
         let deployment = {
             let mut live = lock(&self.inner.live);
             match live.get(name) {
@@ -493,16 +500,20 @@ impl Node {
                 _ => return,
             }
         };
-        if let Some(deployment) = deployment {
-            deployment.all_stopped().await;
-            let dir = deployment.dir();
-            let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
-        }
-        let is_fragment_record = self
+        let Some(deployment) = deployment else {
+            return;
+        };
+        deployment.all_stopped().await;
+        let dir = deployment.dir();
+        let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
+        let me = &self.inner.config.name;
+        let forget = self
             .records()
             .deployment_record(name)
-            .is_some_and(|record| record.root_node != self.inner.config.name);
-        if is_fragment_record && !lock(&self.inner.live).contains_key(name) {
+            .is_some_and(|record| {
+                &record.root_node != me || (forget_own && record.epoch <= deployment.epoch)
+            });
+        if forget && !lock(&self.inner.live).contains_key(name) {
             self.records().remove_deployment(name);
             let _ = self.records().flush().await;
         }
@@ -614,27 +625,53 @@ impl Node {
     /// Every deployment of the cluster, as their roots know them (this node's own records
     /// where a root cannot be reached).
     pub async fn cluster_deployments(&self) -> Vec<DeploymentSummary> {
-        let mut found: std::collections::BTreeMap<String, DeploymentSummary> = self
+        let me = self.inner.config.name.clone();
+        // (claimed by its root, epoch): a root's own record under the newest epoch wins over
+        // an older root's and over what a fragment holder has of it.
+        let rank = |summary: &DeploymentSummary, reporter: &str| {
+            (summary.root_node == reporter, summary.epoch)
+        };
+        let mut found: std::collections::BTreeMap<String, (DeploymentSummary, (bool, u64))> = self
             .deployments()
             .into_iter()
-            .map(|summary| (summary.name.clone(), summary))
+            .map(|summary| {
+                let ranked = rank(&summary, &me);
+                (summary.name.clone(), (summary, ranked))
+            })
             .collect();
-        for (node, answer) in self.ask_every_peer(PeerRequest::Deployments).await {
+        let answers = self.ask_every_peer(PeerRequest::Deployments).await;
+        let spread = self.inner.services.peers.is_some() && !answers.is_empty();
+        for (node, answer) in answers {
             let PeerResponse::Deployments(summaries) = answer else {
                 continue;
             };
             for summary in summaries {
-                // A root's own record wins over what a fragment holder has of it.
-                let root_says = summary.root_node == node;
-                let replace = found
+                let ranked = rank(&summary, &node);
+                if found
                     .get(&summary.name)
-                    .is_none_or(|known| root_says && known.root_node != self.inner.config.name);
-                if replace {
-                    found.insert(summary.name.clone(), summary);
+                    .is_none_or(|(_, known)| ranked > *known)
+                {
+                    found.insert(summary.name.clone(), (summary, ranked));
                 }
             }
         }
-        found.into_values().collect()
+        let summaries: Vec<DeploymentSummary> =
+            found.into_values().map(|(summary, _)| summary).collect();
+        if !spread {
+            return summaries;
+        }
+        // The root counts only the components it runs itself: count them all.
+        let counted = summaries.into_iter().map(|summary| async move {
+            match self.cluster_status(&summary.name).await {
+                Ok(status) => DeploymentSummary {
+                    components: status.deployment.components,
+                    running: status.deployment.running,
+                    ..summary
+                },
+                Err(_) => summary,
+            }
+        });
+        futures::future::join_all(counted).await
     }
 
     /// One deployment and its components on every node: the root's record, each component

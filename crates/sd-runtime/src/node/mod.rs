@@ -762,34 +762,8 @@ impl Node {
                 }
                 component.terminate().await;
             }
-            node.forget_discarded(&name).await;
+            node.release(&name, true).await;
         });
-    }
-
-    /// The end of [`Node::discard`]: nothing of the deployment is left here.
-    async fn forget_discarded(&self, name: &str) {
-        let deployment = {
-            let mut live = lock(&self.inner.live);
-            match live.get(name) {
-                Some(entry) if entry.root.is_none() && entry.fragments.is_empty() => {
-                    live.remove(name).map(|entry| entry.deployment)
-                }
-                _ => None,
-            }
-        };
-        if let Some(deployment) = deployment {
-            deployment.all_stopped().await;
-            let dir = deployment.dir();
-            let _ = tokio::task::spawn_blocking(move || remove_dir(&dir)).await;
-            let is_root_here = self
-                .records()
-                .deployment_record(name)
-                .is_some_and(|record| record.epoch > deployment.epoch);
-            if !is_root_here {
-                self.records().remove_deployment(name);
-            }
-            let _ = self.records().flush().await;
-        }
     }
 }
 
