@@ -266,6 +266,50 @@ fn after_a_partition_heals_exactly_one_instance_of_each_component_runs() {
     assert_clean(&cluster);
 }
 
+#[test]
+fn a_partition_with_the_root_in_the_majority_heals_to_one_instance_of_each_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start(dir.path());
+    cluster.deploy("n5", "major", HA_POOL).unwrap();
+    let before = wait_status(&cluster, "n5", "major", Duration::from_secs(30), |s| {
+        all_running(s, 10)
+    });
+    let cut_off: Vec<String> = workers(&before)
+        .iter()
+        .filter(|c| c.node == "n1" || c.node == "n2")
+        .map(|c| c.path.clone())
+        .collect();
+    assert!(!cut_off.is_empty());
+    cluster
+        .partition(&["n1", "n2"], &["n3", "n4", "n5"])
+        .unwrap();
+    // The root's side restarts what it cannot reach; the cut-off side keeps its instances
+    // running meanwhile (two of each for the length of the partition).
+    let moved = wait_status(&cluster, "n5", "major", Duration::from_secs(30), |s| {
+        all_running(s, 10) && workers(s).iter().all(|c| c.node != "n1" && c.node != "n2")
+    });
+    assert_eq!(moved.deployment.root_node, "n5");
+    let during = instances(&cluster);
+    for path in &cut_off {
+        assert_eq!(during.get(path), Some(&2), "{path}: {during:?}");
+    }
+    cluster.heal();
+    cluster.wait_converged(5, Duration::from_secs(20)).unwrap();
+    // Their parent no longer owns the cut-off instances: their nodes stop them.
+    cluster
+        .wait_until(
+            "one instance of each worker",
+            Duration::from_secs(30),
+            || {
+                let counts = instances(&cluster);
+                counts.len() == 10 && counts.values().all(|&n| n == 1)
+            },
+        )
+        .unwrap_or_else(|_| panic!("instances: {:?}", instances(&cluster)));
+    cluster.terminate("n1", "major").unwrap();
+    assert_clean(&cluster);
+}
+
 /// An agent named `x` of another cluster directory, joining through `seed`.
 fn foreign_agent(binary: &Path, foreign: &Path, seed: u16) -> std::process::Child {
     std::process::Command::new(binary)

@@ -426,17 +426,22 @@ impl Cluster {
 /// comes back first), so a partition heals without components doubled.
 async fn watch_losses(membership: Membership, peers: Arc<dyn Peers>, node: Node) {
     let mut changes = membership.changes();
-    let mut pending: Vec<String> = Vec::new();
+    // (name, generation) of the members declared dead and not yet reported.
+    let mut pending: Vec<(String, u64)> = Vec::new();
     let mut tick = tokio::time::interval(CONTACT_PERIOD);
     loop {
         tokio::select! {
             change = changes.recv() => match change {
                 Ok(ClusterChange::Died(member)) | Ok(ClusterChange::Left(member)) => {
-                    pending.push(member.name().to_string());
+                    pending.push((member.name().to_string(), member.meta.generation));
                 }
                 Ok(ClusterChange::Joined(member)) => {
-                    // Back before its loss was acted on: it was not lost.
-                    pending.retain(|name| name != member.name());
+                    // The same agent back before its loss was acted on: it was not lost. A
+                    // new generation (the agent restarted) ran nothing of the old one's: the
+                    // old generation is still reported lost.
+                    pending.retain(|(name, generation)| {
+                        name != member.name() || *generation != member.meta.generation
+                    });
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -447,14 +452,14 @@ async fn watch_losses(membership: Membership, peers: Arc<dyn Peers>, node: Node)
         if pending.is_empty() || !peers.has_quorum() {
             continue;
         }
-        let alive: Vec<String> = membership
+        let alive: Vec<(String, u64)> = membership
             .alive_members()
             .iter()
-            .map(|member| member.name().to_string())
+            .map(|member| (member.name().to_string(), member.meta.generation))
             .collect();
         for lost in pending.drain(..) {
             if !alive.contains(&lost) {
-                node.peer_lost(&lost);
+                node.peer_lost(&lost.0);
             }
         }
     }

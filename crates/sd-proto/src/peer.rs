@@ -116,6 +116,9 @@ pub enum PeerRequest {
         /// The deployment.
         deployment: String,
     },
+    /// Does the sender's component still own this fragment? (Its node asks its parent's
+    /// node; answered with [`PeerResponse::Alive`]: `Err` says why not.)
+    Owns(FragmentKey),
 }
 
 /// A component's failure, as it crosses the network.

@@ -368,19 +368,35 @@ async fn wait_for_placement(
         .filter(|&sibling| sibling != index)
         .collect();
     let siblings = deployment.nodes_of(&siblings);
+    let mut waited = false;
     loop {
-        match placing::place(deployment, index, &siblings) {
-            Ok(Placement::Here) => return Ok(None),
-            Ok(Placement::On(node)) => return Ok(Some(node)),
+        let placed = match placing::place(deployment, index, &siblings) {
+            Ok(Placement::Here) => Ok(None),
+            Ok(Placement::On(node)) => Ok(Some(node)),
             Ok(Placement::Wait(reason)) => {
+                waited = true;
                 deployment.record(index, |record| {
                     record.state = ComponentState::Deploying;
                     record.last_error = Some(format!("waiting: {reason}"));
                 });
+                Err(None)
             }
-            Err(reason) => return Err(Failure { path, reason }),
+            Err(reason) => Err(Some(reason)),
+        };
+        match placed {
+            Ok(node) => {
+                if waited {
+                    deployment.record(index, |record| record.last_error = None);
+                }
+                return Ok(node);
+            }
+            Err(Some(reason)) => return Err(Failure { path, reason }),
+            Err(None) => {}
         }
-        if deployment.is_terminating() || myself.get_status() != ractor::ActorStatus::Running {
+        if deployment.is_terminating()
+            || deployment.is_cancelled(index)
+            || myself.get_status() != ractor::ActorStatus::Running
+        {
             return Err(Failure {
                 path,
                 reason: "the deployment was terminated while the component waited for its node"

@@ -48,13 +48,13 @@ struct Published {
 pub(crate) struct Deployment {
     pub name: String,
     pub plan: Plan,
-    pub epoch: u64,
+    /// The epoch of the deployment's placement this node acts under, and its root: both move
+    /// forward when another node takes the deployment over.
+    owner: Mutex<(u64, String)>,
     /// The resolved `sfConfig` in SmartFrog notation: what fragments on other nodes plan.
     pub description: String,
     /// The file it came from, for display.
     pub source: String,
-    /// The node holding the deployment's root.
-    pub root: String,
     pub services: Arc<Services>,
     registry: Mutex<HashMap<usize, Published>>,
     incarnations: AtomicU64,
@@ -65,6 +65,9 @@ pub(crate) struct Deployment {
     /// After a takeover: the components that still run on other nodes (plan index -> node),
     /// to adopt there rather than start again.
     adoptions: Mutex<HashMap<usize, String>>,
+    /// Components being terminated while they may still wait for a node: they and their
+    /// subtrees stop waiting.
+    cancelled: Mutex<std::collections::HashSet<usize>>,
 }
 
 /// What names a deployment's run on this node: shared by its root and its fragments.
@@ -109,16 +112,16 @@ impl Deployment {
         Deployment {
             name: identity.name,
             plan,
-            epoch: identity.epoch,
+            owner: Mutex::new((identity.epoch, identity.root)),
             description: identity.description,
             source: identity.source,
-            root: identity.root,
             services,
             registry: Mutex::default(),
             incarnations: AtomicU64::new(1),
             live: watch::Sender::new(0),
             recovered: Mutex::new(recovered),
             adoptions: Mutex::default(),
+            cancelled: Mutex::default(),
         }
     }
 
@@ -130,7 +133,26 @@ impl Deployment {
 
     /// The node holding the deployment's root.
     pub fn root_node(&self) -> String {
-        self.root.clone()
+        self.owner().1.clone()
+    }
+
+    /// The epoch this node acts under for the deployment.
+    pub fn epoch(&self) -> u64 {
+        self.owner().0
+    }
+
+    /// A newer epoch (and its root) after a takeover; an older one changes nothing.
+    pub fn set_owner(&self, epoch: u64, root: &str) {
+        let mut owner = self.owner();
+        if epoch > owner.0 {
+            *owner = (epoch, root.to_string());
+        }
+    }
+
+    fn owner(&self) -> MutexGuard<'_, (u64, String)> {
+        self.owner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new incarnation number for a component about to be spawned.
@@ -173,12 +195,41 @@ impl Deployment {
                 process: None,
                 restarts: 0,
                 restart_times_unix_ms: Vec::new(),
-                epoch: self.epoch,
+                epoch: self.epoch(),
                 last_error: None,
                 started_unix_ms: None,
             },
             change,
         );
+    }
+
+    /// Marks the component at `index` as being terminated: it and its subtree stop waiting.
+    pub fn cancel(&self, index: usize) {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(index);
+    }
+
+    /// Whether the component at `index` or one of its ancestors is being terminated.
+    pub fn is_cancelled(&self, index: usize) -> bool {
+        let cancelled = self
+            .cancelled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut at = Some(index);
+        while let Some(index) = at {
+            if cancelled.contains(&index) {
+                return true;
+            }
+            at = self.plan.components.get(index).and_then(|c| c.parent);
+        }
+        false
+    }
+
+    /// The incarnation of the live component at `index`.
+    pub fn incarnation_of(&self, index: usize) -> Option<u64> {
+        self.registry().get(&index).map(|p| p.incarnation)
     }
 
     /// Sets the components to adopt where they run (a takeover).

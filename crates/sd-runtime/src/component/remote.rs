@@ -27,7 +27,7 @@ impl Remote {
             node,
             key: FragmentKey {
                 deployment: deployment.name.clone(),
-                epoch: deployment.epoch,
+                epoch: deployment.epoch(),
                 index: u32::try_from(index).unwrap_or(u32::MAX),
                 incarnation,
             },

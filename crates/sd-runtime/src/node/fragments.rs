@@ -38,7 +38,12 @@ impl Node {
     pub async fn serve_peer(&self, from: &str, request: PeerRequest) -> PeerResponse {
         match request {
             PeerRequest::Info => PeerResponse::Info(self.info()),
-            PeerRequest::Deploy(spec) => self.deploy_fragment(spec).await,
+            PeerRequest::Deploy(mut spec) => {
+                // Its parent is where the request came from, as the peer's certificate says.
+                spec.parent_node = from.to_string();
+                self.deploy_fragment(spec).await
+            }
+            PeerRequest::Owns(key) => PeerResponse::Alive(self.owns(&key)),
             PeerRequest::Start(key) => self.start_fragment(&key).await,
             PeerRequest::Ping(key) => match self.fragment(&key) {
                 Err(why) => PeerResponse::Alive(Err(why)),
@@ -145,7 +150,12 @@ impl Node {
         match self.fragment(key) {
             Err(why) => PeerResponse::Refused(why),
             Ok((deployment, component)) => {
-                let path = deployment.plan.components[key.index as usize].path_text();
+                let path = deployment
+                    .plan
+                    .components
+                    .get(key.index as usize)
+                    .map(|planned| planned.path_text())
+                    .unwrap_or_default();
                 PeerResponse::Outcome(component.start(&path).await.map_err(failure_text))
             }
         }
@@ -182,13 +192,6 @@ impl Node {
                     Error::InvalidDescription { errors } => errors.join("\n"),
                     other => other.to_string(),
                 })?;
-        if spec.key.index as usize >= planned.components.len() {
-            return Err(format!(
-                "the description has no component {} (it has {})",
-                spec.key.index,
-                planned.components.len()
-            ));
-        }
         let now = unix_ms_now();
         if self.records().deployment_record(name).is_none() {
             self.records().put_deployment(DeploymentRecord {
@@ -231,6 +234,15 @@ impl Node {
         spec: &FragmentSpec,
     ) -> std::result::Result<Option<Arc<Deployment>>, String> {
         let name = &spec.key.deployment;
+        let replicated = lock(&self.inner.replicas)
+            .get(name)
+            .map_or(0, |replica| replica.epoch);
+        if spec.key.epoch < replicated {
+            return Err(format!(
+                "stale request: deployment \"{name}\" has epoch {replicated} now, newer than {}",
+                spec.key.epoch
+            ));
+        }
         let mut live = lock(&self.inner.live);
         let Some(entry) = live.get_mut(name) else {
             return Ok(None);
@@ -242,31 +254,107 @@ impl Node {
             ));
         }
         if spec.key.epoch > entry.epoch {
+            if entry.root.is_some() {
+                // This node was the root: another took over. It steps down first; the new
+                // root's request is retried by its parent's strategy.
+                tokio::spawn(self.clone().step_down(
+                    name.clone(),
+                    spec.root_node.clone(),
+                    spec.key.epoch,
+                ));
+                return Err(format!(
+                    "this node is stepping down as the root of \"{name}\" (epoch {}); retry",
+                    entry.epoch
+                ));
+            }
             entry.epoch = spec.key.epoch;
-            tokio::spawn(self.clone().sweep_stale(name.clone(), spec.key.epoch));
+            for context in entry.contexts() {
+                context.set_owner(spec.key.epoch, &spec.root_node);
+            }
         }
         Ok(Some(Arc::clone(&entry.deployment)))
     }
 
-    /// How long fragments of an older epoch wait to be adopted by the new owner.
-    const ADOPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(20);
+    /// How long the fragments whose parent ran on a lost node wait for a new root to adopt
+    /// them before they are terminated.
+    const ADOPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
-    /// After a grace period, terminates the fragments of `name` still keyed under an epoch
-    /// older than `epoch`: their owner was replaced, and the new one did not adopt them.
-    async fn sweep_stale(self, name: String, epoch: u64) {
-        tokio::time::sleep(Self::ADOPTION_GRACE).await;
-        let stale: Vec<FragmentKey> = lock(&self.inner.live)
-            .get(&name)
-            .map(|entry| {
+    /// Whether the component at `key.index`, of the given incarnation, still runs here as a
+    /// proxy of a fragment (asked by the fragment's node).
+    fn owns(&self, key: &FragmentKey) -> std::result::Result<(), String> {
+        let live = lock(&self.inner.live);
+        let Some(entry) = live.get(&key.deployment) else {
+            return Err(format!(
+                "this node runs nothing of deployment \"{}\"",
+                key.deployment
+            ));
+        };
+        let owned = entry
+            .contexts()
+            .iter()
+            .any(|context| context.incarnation_of(key.index as usize) == Some(key.incarnation));
+        if owned {
+            Ok(())
+        } else {
+            Err(format!(
+                "component {} of deployment \"{}\" (incarnation {}) is not owned here",
+                key.index, key.deployment, key.incarnation
+            ))
+        }
+    }
+
+    /// Terminates the fragments no parent owns any more: every fragment asks its parent's node
+    /// (when that node answers); one it does not own is stopped and cleaned. This is what
+    /// ends an instance whose parent restarted it elsewhere while this node was cut off, or
+    /// whose deployment was terminated meanwhile.
+    pub(super) async fn check_owners(&self) {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return;
+        };
+        let fragments: Vec<(FragmentKey, String)> = lock(&self.inner.live)
+            .values()
+            .flat_map(|entry| {
                 entry
                     .fragments
                     .values()
-                    .filter(|fragment| fragment.key.epoch < epoch)
-                    .map(|fragment| fragment.key.clone())
-                    .collect()
+                    .filter(|f| !f.adopted)
+                    .map(|f| (f.key.clone(), f.parent_node.clone()))
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default();
-        for key in stale {
+            .collect();
+        let checks = fragments.into_iter().map(|(key, parent)| {
+            let peers = Arc::clone(&peers);
+            async move {
+                let answer = peers
+                    .call(&parent, PeerRequest::Owns(key.clone()), SHORT_DEADLINE)
+                    .await;
+                (key, answer)
+            }
+        });
+        for (key, answer) in futures::future::join_all(checks).await {
+            if let Ok(PeerResponse::Alive(Err(_))) = answer {
+                self.terminate_fragment(&key).await;
+            }
+        }
+    }
+
+    /// A lost node's fragments here: those whose parent ran there are terminated, unless a
+    /// new root adopts them within [`Self::ADOPTION_GRACE`] (the lost node was their
+    /// deployment's root).
+    async fn release_orphans(self, lost: String) {
+        tokio::time::sleep(Self::ADOPTION_GRACE).await;
+        let orphans: Vec<FragmentKey> = lock(&self.inner.live)
+            .values()
+            .flat_map(|entry| {
+                entry
+                    .fragments
+                    .values()
+                    .filter(|f| f.parent_node == lost)
+                    .map(|f| f.key.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for key in orphans {
             self.terminate_fragment(&key).await;
         }
     }
@@ -291,7 +379,16 @@ impl Node {
             }
         };
         let index = spec.key.index as usize;
-        let path = deployment.plan.components[index].path_text();
+        let Some(planned) = deployment.plan.components.get(index) else {
+            return PeerResponse::Outcome(Err(FailureText {
+                path: "sfConfig".into(),
+                reason: format!(
+                    "the description has no component {index} (it has {})",
+                    deployment.plan.components.len()
+                ),
+            }));
+        };
+        let path = planned.path_text();
         if spec.adopt && self.adopt_fragment(&spec) {
             return PeerResponse::Outcome(Ok(()));
         }
@@ -330,6 +427,7 @@ impl Node {
                         Fragment {
                             key: spec.key.clone(),
                             component: component.clone(),
+                            deployment: Arc::clone(&deployment),
                             parent_node: spec.parent_node.clone(),
                             adopted: false,
                         },
@@ -454,6 +552,8 @@ impl Node {
                     if (fragment.key.epoch, fragment.key.incarnation)
                         <= (key.epoch, key.incarnation) =>
                 {
+                    // A subtree still waiting for a node stops waiting.
+                    fragment.deployment.cancel(index);
                     entry.fragments.remove(&index).map(|f| f.component)
                 }
                 _ => None,
@@ -511,7 +611,7 @@ impl Node {
             .records()
             .deployment_record(name)
             .is_some_and(|record| {
-                &record.root_node != me || (forget_own && record.epoch <= deployment.epoch)
+                &record.root_node != me || (forget_own && record.epoch <= deployment.epoch())
             });
         if forget && !lock(&self.inner.live).contains_key(name) {
             self.records().remove_deployment(name);
@@ -521,16 +621,17 @@ impl Node {
 
     /// A fragment of one of this node's components ended on `from`: its proxy ends with it.
     fn fragment_ended(&self, from: &str, key: &FragmentKey, normal: bool, reason: Option<String>) {
-        let deployment = lock(&self.inner.live)
+        let contexts = lock(&self.inner.live)
             .get(&key.deployment)
-            .map(|entry| Arc::clone(&entry.deployment));
-        let Some(deployment) = deployment else {
-            return;
-        };
-        if deployment.epoch != key.epoch {
-            return;
-        }
-        let Some(proxy) = deployment.live_component(key.index as usize) else {
+            .map(Live::contexts)
+            .unwrap_or_default();
+        let index = key.index as usize;
+        // The proxy of that incarnation, in whichever state it runs under here.
+        let Some(proxy) = contexts
+            .iter()
+            .filter(|context| context.incarnation_of(index) == Some(key.incarnation))
+            .find_map(|context| context.live_component(index))
+        else {
             return;
         };
         let ending = if normal {
@@ -550,15 +651,16 @@ impl Node {
     /// abnormally, so its parent's strategy restarts it elsewhere. Call it only on a side of
     /// a partition that sees a majority (the cluster layer decides).
     pub fn peer_lost(&self, node: &str) {
-        let deployments: Vec<Arc<Deployment>> = lock(&self.inner.live)
+        let contexts: Vec<Arc<Deployment>> = lock(&self.inner.live)
             .values()
-            .map(|entry| Arc::clone(&entry.deployment))
+            .flat_map(Live::contexts)
             .collect();
-        for deployment in deployments {
+        for deployment in contexts {
             for component in deployment.live_components() {
                 component.cast_message(ComponentMsg::NodeLost(node.to_string()));
             }
         }
+        tokio::spawn(self.clone().release_orphans(node.to_string()));
         self.take_over_orphans();
     }
 

@@ -81,10 +81,29 @@ struct Live {
     epoch: u64,
 }
 
+impl Live {
+    /// Every deployment state the node holds for it: the root's and the fragments' (after a
+    /// takeover, fragments adopted here keep running under the state they started with).
+    fn contexts(&self) -> Vec<Arc<Deployment>> {
+        let mut contexts = vec![Arc::clone(&self.deployment)];
+        for fragment in self.fragments.values() {
+            if !contexts
+                .iter()
+                .any(|known| Arc::ptr_eq(known, &fragment.deployment))
+            {
+                contexts.push(Arc::clone(&fragment.deployment));
+            }
+        }
+        contexts
+    }
+}
+
 /// A component run here for a parent on another node.
 struct Fragment {
     key: FragmentKey,
     component: ComponentRef,
+    /// The deployment state it runs under.
+    deployment: Arc<Deployment>,
     /// Where its end is reported: its parent's node (a new root may adopt it).
     parent_node: String,
     /// Adopted by a new owner: it runs already, so the owner's start has nothing to do.
@@ -366,11 +385,16 @@ impl Node {
                 deployment: Arc::clone(&deployment),
                 root: None,
                 fragments: HashMap::new(),
-                epoch: deployment.epoch,
+                epoch: deployment.epoch(),
             });
             entry.deployment = Arc::clone(&deployment);
             entry.root = Some(root.clone());
-            entry.epoch = entry.epoch.max(deployment.epoch);
+            entry.epoch = entry.epoch.max(deployment.epoch());
+            // Fragments adopted here after a takeover create their own children under the
+            // new epoch too.
+            for context in entry.contexts() {
+                context.set_owner(deployment.epoch(), &deployment.root_node());
+            }
         }
         tokio::spawn(self.clone().drive(deployment, root, ended_rx));
         Ok(())

@@ -30,6 +30,10 @@ use crate::records::DeploymentEntry;
 /// How often the root looks for changes to replicate.
 const REPLICATION_PERIOD: Duration = Duration::from_millis(300);
 
+/// Every how many replication rounds fragments ask their parents whether they still own
+/// them, and replicas their roots whether the deployment still exists (about 2 s).
+const OWNER_CHECK_ROUNDS: u64 = 7;
+
 /// How long a restarted root waits for the membership to settle before it asks its peers
 /// whether another node took its deployments over.
 const SETTLE_BEFORE_RECOVERY: Duration = Duration::from_secs(2);
@@ -111,6 +115,7 @@ impl Node {
         let me = self.inner.config.name.clone();
         // What each deployment's replica was last sent as, and to whom it arrived.
         let mut sent: HashMap<String, (Replica, BTreeSet<String>)> = HashMap::new();
+        let mut rounds: u64 = 0;
         loop {
             tokio::time::sleep(REPLICATION_PERIOD).await;
             if self
@@ -123,6 +128,11 @@ impl Node {
             peers.publish_free(self.reserved());
             // A loss whose takeover the membership's view got in the way of is taken up again.
             self.take_over_orphans();
+            rounds += 1;
+            if rounds.is_multiple_of(OWNER_CHECK_ROUNDS) {
+                self.check_owners().await;
+                self.reconcile_replicas().await;
+            }
             let alive: Vec<String> = peers
                 .members()
                 .into_iter()
@@ -186,18 +196,34 @@ impl Node {
         if sd_store::validate_deployment_name(&name).is_err() {
             return PeerResponse::Refused(format!("invalid deployment name \"{name}\""));
         }
+        let me = self.inner.config.name.clone();
+        let theirs = (replica.epoch, replica.summary.root_node.clone());
         if let Some(own) = self.records().deployment_record(&name)
-            && own.root_node == self.inner.config.name
+            && own.root_node == me
         {
-            if own.epoch >= replica.epoch {
+            // Two takeovers under the same epoch are ordered by the root's name.
+            if (own.epoch, me.clone()) >= theirs {
                 return PeerResponse::Refused(format!(
                     "this node is the root of \"{name}\" under epoch {}, not older than {}",
                     own.epoch, replica.epoch
                 ));
             }
-            tokio::spawn(self.clone().step_down(name.clone(), replica.clone()));
+            tokio::spawn(self.clone().step_down(
+                name.clone(),
+                replica.summary.root_node.clone(),
+                replica.epoch,
+            ));
         }
         self.follow_root(&name, &replica.summary.root_node, replica.epoch);
+        if let Some(entry) = lock(&self.inner.live).get_mut(&name)
+            && entry.root.is_none()
+            && replica.epoch > entry.epoch
+        {
+            entry.epoch = replica.epoch;
+            for context in entry.contexts() {
+                context.set_owner(replica.epoch, &replica.summary.root_node);
+            }
+        }
         let mut replicas = lock(&self.inner.replicas);
         if replicas
             .get(&name)
@@ -208,6 +234,41 @@ impl Node {
         store_replica(&self.inner.config.data_dir, &name, Some(&replica));
         replicas.insert(name, replica);
         PeerResponse::Done
+    }
+
+    /// Drops the replicas whose root answers that it no longer has the deployment (a `Forget`
+    /// that did not arrive: this node was down or cut off when it was sent).
+    async fn reconcile_replicas(&self) {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return;
+        };
+        let by_root: Vec<(String, Vec<(String, u64)>)> = {
+            let replicas = lock(&self.inner.replicas);
+            let mut roots: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+            for replica in replicas.values() {
+                roots
+                    .entry(replica.summary.root_node.clone())
+                    .or_default()
+                    .push((replica.summary.name.clone(), replica.epoch));
+            }
+            roots.into_iter().collect()
+        };
+        for (root, names) in by_root {
+            if !crate::cluster::is_alive(&peers, &root) {
+                continue;
+            }
+            let Ok(PeerResponse::Deployments(held)) = peers
+                .call(&root, PeerRequest::Deployments, SHORT_DEADLINE)
+                .await
+            else {
+                continue;
+            };
+            for (name, epoch) in names {
+                if !held.iter().any(|summary| summary.name == name) {
+                    self.forget_replica(&name, epoch);
+                }
+            }
+        }
     }
 
     /// Drops the replica of a deployment its root has terminated.
@@ -351,10 +412,26 @@ impl Node {
     /// Another node is the deployment's root under a newer epoch: terminate what this node
     /// runs of its old tree (requests to fragments the new root adopted are refused, so
     /// those keep running) and keep the newer record as a replica.
-    async fn step_down(self, name: String, newer: Replica) {
-        let Ok(reservation) = self.reserve(&name) else {
-            return;
+    pub(super) async fn step_down(self, name: String, root: String, epoch: u64) {
+        // Another request on the name (a deploy step, a terminate) finishes first.
+        let mut tries = 0;
+        let reservation = loop {
+            match self.reserve(&name) {
+                Ok(reservation) => break reservation,
+                Err(_) if tries < 600 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => return,
+            }
         };
+        let still_root = self.records().deployment_record(&name).is_some_and(|own| {
+            own.root_node == self.inner.config.name
+                && (own.epoch, self.inner.config.name.clone()) < (epoch, root.clone())
+        });
+        if !still_root {
+            return;
+        }
         let live = lock(&self.inner.live)
             .get(&name)
             .and_then(|live| Some((Arc::clone(&live.deployment), live.root.clone()?)));
@@ -362,22 +439,19 @@ impl Node {
             &name,
             "",
             "stepping_down",
-            format!(
-                "node \"{}\" holds it under the newer epoch {}",
-                newer.summary.root_node, newer.epoch
-            ),
+            format!("node \"{root}\" holds it under the newer epoch {epoch}"),
         );
-        if let Some((deployment, root)) = live {
+        if let Some((deployment, component)) = live {
             self.set_state(&name, DeploymentState::Terminating);
-            root.terminate().await;
+            component.terminate().await;
             deployment.all_stopped().await;
             self.clean(&deployment).await;
         }
         let holds_fragments = lock(&self.inner.live).contains_key(&name);
         if holds_fragments {
             if let Some(mut record) = self.records().deployment_record(&name) {
-                record.root_node = newer.summary.root_node.clone();
-                record.epoch = newer.epoch;
+                record.root_node = root;
+                record.epoch = epoch;
                 record.state = DeploymentState::Running;
                 self.records().put_deployment(record);
             }
@@ -406,6 +480,20 @@ impl Node {
             .find(|summary: &DeploymentSummary| {
                 summary.name == name && summary.epoch > entry.record.epoch
             });
+        let replicated = lock(&self.inner.replicas)
+            .get(&name)
+            .filter(|replica| replica.epoch > entry.record.epoch)
+            .map(|replica| replica.summary.clone());
+        let taken_over = self
+            .records()
+            .deployment_record(&name)
+            .is_none_or(|own| own.root_node != self.inner.config.name);
+        let newer = newer.or(replicated).or_else(|| {
+            taken_over.then(|| DeploymentSummary {
+                root_node: "another node".into(),
+                ..super::summary(&entry)
+            })
+        });
         match newer {
             Some(summary) => {
                 self.records().note(
