@@ -84,7 +84,16 @@ fn wait_status(
                     Err(error) => format!("{n}: {error}"),
                 })
                 .collect();
-            panic!("members: {views:#?}\n{error}")
+            let logs: Vec<String> = cluster
+                .nodes()
+                .iter()
+                .map(|n| {
+                    let log = std::fs::read_to_string(n.data_dir.with_extension("log"))
+                        .unwrap_or_default();
+                    format!("--- {} ---\n{log}", n.name)
+                })
+                .collect();
+            panic!("members: {views:#?}\n{}\n{error}", logs.join("\n"))
         })
 }
 

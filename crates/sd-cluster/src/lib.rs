@@ -68,6 +68,7 @@ pub struct Cluster {
     endpoint: Endpoint<NodeService>,
     service: Arc<NodeService>,
     peers: Arc<dyn Peers>,
+    quorum: Arc<Quorum>,
     contact: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -112,6 +113,9 @@ struct Quorum {
 const CONTACT_PERIOD: Duration = Duration::from_millis(250);
 /// How recent an answer must be to count.
 const CONTACT_FRESHNESS: Duration = Duration::from_millis(1000);
+/// How long a member declared dead must also have been silent over QUIC to be lost: a node
+/// stalled for a moment (a busy host) misses gossip rounds but is not replaced.
+const LOSS_SILENCE: Duration = Duration::from_millis(1500);
 
 impl Quorum {
     fn heard(&self, node: &str) {
@@ -119,6 +123,15 @@ impl Quorum {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(node.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether `node` has been silent for at least `silence` (never heard: silent).
+    fn silent_for(&self, node: &str, silence: Duration) -> bool {
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        answered.get(node).is_none_or(|at| at.elapsed() >= silence)
     }
 
     /// Whether `node` answered lately, or has not been asked yet (it joined a moment ago).
@@ -151,38 +164,55 @@ impl Quorum {
     }
 }
 
-/// Contacts every member the gossip says is alive, all the time.
+/// Contacts every known member, all the time: each one every [`CONTACT_PERIOD`], on its own
+/// (a silent member's timeout does not delay the others), the dead too (one declared dead by
+/// gossip that still answers is stalled, not lost).
 async fn keep_contact(
     membership: Membership,
     endpoint: Endpoint<NodeService>,
     quorum: Arc<Quorum>,
 ) {
     let me = membership.local().name;
+    let in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let mut tick = tokio::time::interval(CONTACT_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let calls = membership
-            .members()
-            .into_iter()
-            .filter(|member| member.is_alive() && member.name() != me)
-            .map(|member| {
-                let endpoint = endpoint.clone();
-                let quorum = Arc::clone(&quorum);
-                async move {
-                    let name = member.name().to_string();
-                    let answer = endpoint
-                        .call(
-                            &name,
-                            member.meta.quic_addr,
-                            &PeerRequest::Info,
-                            CONTACT_PERIOD * 2,
-                        )
-                        .await;
-                    if answer.is_ok() {
-                        quorum.heard(&name);
-                    }
+        tick.tick().await;
+        for member in membership.members() {
+            let name = member.name().to_string();
+            if member.state == sd_gossip::MemberState::Left || name == me {
+                continue;
+            }
+            let started = in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.clone());
+            if !started {
+                continue;
+            }
+            let (endpoint, quorum, in_flight) = (
+                endpoint.clone(),
+                Arc::clone(&quorum),
+                Arc::clone(&in_flight),
+            );
+            tokio::spawn(async move {
+                let answer = endpoint
+                    .call(
+                        &name,
+                        member.meta.quic_addr,
+                        &PeerRequest::Info,
+                        CONTACT_PERIOD * 2,
+                    )
+                    .await;
+                if answer.is_ok() {
+                    quorum.heard(&name);
                 }
+                in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&name);
             });
-        let round = futures::future::join_all(calls);
-        let _ = tokio::join!(round, tokio::time::sleep(CONTACT_PERIOD));
+        }
     }
 }
 
@@ -228,6 +258,15 @@ impl Peers for ClusterPeers {
                 view
             })
             .collect()
+    }
+
+    fn is_gone(&self, node: &str) -> bool {
+        let gossip_alive = self
+            .membership
+            .members()
+            .iter()
+            .any(|member| member.name() == node && member.is_alive());
+        !gossip_alive && self.quorum.silent_for(node, LOSS_SILENCE)
     }
 
     fn has_quorum(&self) -> bool {
@@ -377,6 +416,7 @@ impl Cluster {
                 endpoint,
                 service,
                 peers: Arc::clone(&peers),
+                quorum,
                 contact: Arc::new(contact),
             },
             peers,
@@ -389,8 +429,14 @@ impl Cluster {
         tokio::spawn(watch_losses(
             self.membership.clone(),
             Arc::clone(&self.peers),
+            Arc::clone(&self.quorum),
             node,
         ));
+    }
+
+    /// Publishes the VM accelerator this node offers, once known (`kvm`, `tcg`, or why none).
+    pub async fn publish_accelerator(&self, accelerator: &str) {
+        self.membership.update_accelerator(accelerator).await;
     }
 
     /// Where this node gossips.
@@ -424,7 +470,12 @@ impl Cluster {
 /// Reports every member declared dead to the node once this node has a majority by
 /// contact ([`Quorum`]); a loss seen on a minority side waits (and is dropped if the node
 /// comes back first), so a partition heals without components doubled.
-async fn watch_losses(membership: Membership, peers: Arc<dyn Peers>, node: Node) {
+async fn watch_losses(
+    membership: Membership,
+    peers: Arc<dyn Peers>,
+    quorum: Arc<Quorum>,
+    node: Node,
+) {
     let mut changes = membership.changes();
     // (name, generation) of the members declared dead and not yet reported.
     let mut pending: Vec<(String, u64)> = Vec::new();
@@ -457,10 +508,18 @@ async fn watch_losses(membership: Membership, peers: Arc<dyn Peers>, node: Node)
             .iter()
             .map(|member| (member.name().to_string(), member.meta.generation))
             .collect();
+        let mut waiting = Vec::new();
         for lost in pending.drain(..) {
-            if !alive.contains(&lost) {
-                node.peer_lost(&lost.0);
+            if alive.contains(&lost) {
+                continue;
             }
+            if !quorum.silent_for(&lost.0, LOSS_SILENCE) {
+                // Still answering: stalled, not lost (yet).
+                waiting.push(lost);
+                continue;
+            }
+            node.peer_lost(&lost.0);
         }
+        pending = waiting;
     }
 }

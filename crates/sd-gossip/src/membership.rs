@@ -349,6 +349,13 @@ impl Membership {
         self.update_meta(|meta| meta.free = free).await;
     }
 
+    /// Publishes the VM accelerator this node offers (known once it is probed).
+    pub async fn update_accelerator(&self, accelerator: &str) {
+        let accelerator = accelerator.to_string();
+        self.update_meta(|meta| meta.accelerator = accelerator)
+            .await;
+    }
+
     /// Publishes a label of this node (an empty value removes it).
     pub async fn set_label(&self, key: &str, value: &str) {
         self.update_meta(|meta| {

@@ -116,9 +116,9 @@ pub enum PeerRequest {
         /// The deployment.
         deployment: String,
     },
-    /// Does the sender's component still own this fragment? (Its node asks its parent's
-    /// node; answered with [`PeerResponse::Alive`]: `Err` says why not.)
-    Owns(FragmentKey),
+    /// Do the receiver's components still own these fragments? (Their node asks their
+    /// parents' node, all at once; answered with [`PeerResponse::Owned`].)
+    Owns(Vec<FragmentKey>),
 }
 
 /// A component's failure, as it crosses the network.
@@ -156,4 +156,6 @@ pub enum PeerResponse {
     Refused(String),
     /// The fragments a node runs: each one's key and the node its parent runs on.
     Fragments(Vec<(FragmentKey, String)>),
+    /// For each key asked about, whether the proxy of that incarnation still runs here.
+    Owned(Vec<bool>),
 }

@@ -33,6 +33,12 @@ pub trait Peers: Send + Sync + 'static {
         sd_placement::majority(members.len(), alive)
     }
 
+    /// Whether `node` is gone: not alive and silent long enough that a stalled node is not
+    /// taken for a lost one. The default trusts the membership view.
+    fn is_gone(&self, node: &str) -> bool {
+        !self.members().iter().any(|m| m.name == node && m.alive)
+    }
+
     /// The counters of the gossip and the transport, if there are any.
     fn stats(&self) -> Option<sd_proto::ClusterStats> {
         None

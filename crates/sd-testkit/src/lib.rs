@@ -400,7 +400,7 @@ impl LocalCluster {
         self.api_get(name, &format!("/deployments/{deployment}"))
     }
 
-    /// Waits until `name` sees the deployment pass `check` (polled every 20 ms); the error
+    /// Waits until `name` sees the deployment pass `check` (polled every 50 ms); the error
     /// carries the last status seen.
     pub fn wait_status(
         &self,
@@ -423,7 +423,7 @@ impl LocalCluster {
                     seconds: within.as_secs(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

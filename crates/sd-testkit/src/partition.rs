@@ -16,7 +16,10 @@ pub struct Partition {
 impl Partition {
     /// Drops every datagram between a port of `one` and a port of `other`.
     pub fn cut(one: &[u16], other: &[u16]) -> Result<Partition> {
-        let table = format!("sd_partition_{}", std::process::id());
+        // One table per partition: tests in one process may cut clusters of their own.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let table = format!("sd_partition_{}_{serial}", std::process::id());
         let set = |ports: &[u16]| {
             ports
                 .iter()

@@ -292,6 +292,28 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             cluster.gossip_addr()
         ));
     }
+    // What happens to whole deployments (deployed, running, taken over, stepped down,
+    // failed, terminated) is printed, one line each: the agent's log tells its story.
+    let mut events = node.events();
+    let node_name = name.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.path.is_empty() => {
+                    let detail = event
+                        .detail
+                        .map(|detail| format!(": {detail}"))
+                        .unwrap_or_default();
+                    say(&format!(
+                        "sd agent {node_name}: deployment {} {}{detail}",
+                        event.deployment, event.state
+                    ));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let served = async {
         let token = sd_api::load_or_create_token(&data_dir)?;
         let address = api_address;
@@ -303,11 +325,18 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         // A node without QEMU says so at once; with QEMU, once the accelerator is probed.
         let prober = node.clone();
         let node_name = name.clone();
+        let cluster = joined.as_ref().map(|(cluster, _)| cluster.clone());
         tokio::spawn(async move {
-            say(&format!(
-                "sd agent {node_name}: vm driver {}",
-                prober.vm_driver().await
-            ));
+            let driver = prober.vm_driver().await;
+            say(&format!("sd agent {node_name}: vm driver {driver}"));
+            if let Some(cluster) = cluster {
+                // `qemu: tcg (why)` -> `tcg`; no QEMU: what is missing.
+                let accelerator = driver
+                    .strip_prefix("qemu: ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or(&driver);
+                cluster.publish_accelerator(accelerator).await;
+            }
         });
         let stop = async move {
             tokio::select! {
@@ -357,7 +386,8 @@ async fn join(
         accelerator: match vm_accelerator {
             Some(Accelerator::Kvm) => "kvm".into(),
             Some(Accelerator::Tcg) => "tcg".into(),
-            None => "auto".into(),
+            // Published once probed.
+            None => "probing".into(),
         },
     };
     sd_cluster::Cluster::start(config)

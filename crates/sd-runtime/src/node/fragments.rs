@@ -43,7 +43,9 @@ impl Node {
                 spec.parent_node = from.to_string();
                 self.deploy_fragment(spec).await
             }
-            PeerRequest::Owns(key) => PeerResponse::Alive(self.owns(&key)),
+            PeerRequest::Owns(keys) => {
+                PeerResponse::Owned(keys.iter().map(|key| self.owns(key)).collect())
+            }
             PeerRequest::Start(key) => self.start_fragment(&key).await,
             PeerRequest::Ping(key) => match self.fragment(&key) {
                 Err(why) => PeerResponse::Alive(Err(why)),
@@ -281,26 +283,14 @@ impl Node {
 
     /// Whether the component at `key.index`, of the given incarnation, still runs here as a
     /// proxy of a fragment (asked by the fragment's node).
-    fn owns(&self, key: &FragmentKey) -> std::result::Result<(), String> {
+    fn owns(&self, key: &FragmentKey) -> bool {
         let live = lock(&self.inner.live);
-        let Some(entry) = live.get(&key.deployment) else {
-            return Err(format!(
-                "this node runs nothing of deployment \"{}\"",
-                key.deployment
-            ));
-        };
-        let owned = entry
-            .contexts()
-            .iter()
-            .any(|context| context.incarnation_of(key.index as usize) == Some(key.incarnation));
-        if owned {
-            Ok(())
-        } else {
-            Err(format!(
-                "component {} of deployment \"{}\" (incarnation {}) is not owned here",
-                key.index, key.deployment, key.incarnation
-            ))
-        }
+        live.get(&key.deployment).is_some_and(|entry| {
+            entry
+                .contexts()
+                .iter()
+                .any(|context| context.incarnation_of(key.index as usize) == Some(key.incarnation))
+        })
     }
 
     /// Terminates the fragments no parent owns any more: every fragment asks its parent's node
@@ -322,18 +312,28 @@ impl Node {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let checks = fragments.into_iter().map(|(key, parent)| {
+        // One request per parent node.
+        let mut by_parent: HashMap<String, Vec<FragmentKey>> = HashMap::new();
+        for (key, parent) in fragments {
+            by_parent.entry(parent).or_default().push(key);
+        }
+        let checks = by_parent.into_iter().map(|(parent, keys)| {
             let peers = Arc::clone(&peers);
             async move {
                 let answer = peers
-                    .call(&parent, PeerRequest::Owns(key.clone()), SHORT_DEADLINE)
+                    .call(&parent, PeerRequest::Owns(keys.clone()), SHORT_DEADLINE)
                     .await;
-                (key, answer)
+                (keys, answer)
             }
         });
-        for (key, answer) in futures::future::join_all(checks).await {
-            if let Ok(PeerResponse::Alive(Err(_))) = answer {
-                self.terminate_fragment(&key).await;
+        for (keys, answer) in futures::future::join_all(checks).await {
+            let Ok(PeerResponse::Owned(owned)) = answer else {
+                continue;
+            };
+            for (key, owned) in keys.iter().zip(owned) {
+                if !owned {
+                    self.terminate_fragment(key).await;
+                }
             }
         }
     }
@@ -660,6 +660,10 @@ impl Node {
                 component.cast_message(ComponentMsg::NodeLost(node.to_string()));
             }
         }
+        for name in lock(&self.inner.live).keys() {
+            self.records()
+                .note(name, "", "node_lost", format!("node \"{node}\" was lost"));
+        }
         tokio::spawn(self.clone().release_orphans(node.to_string()));
         self.take_over_orphans();
     }
@@ -847,10 +851,12 @@ impl Node {
         let Some(peers) = self.inner.services.peers.clone() else {
             return Vec::new();
         };
+        // Every member the gossip says is alive (a query may reach one that placement, which
+        // also wants a recent answer, would not use yet); each has a short deadline.
         let others: Vec<String> = peers
-            .members()
+            .describe()
             .into_iter()
-            .filter(|member| member.alive && member.name != self.inner.config.name)
+            .filter(|member| member.state == "alive" && member.name != self.inner.config.name)
             .map(|member| member.name)
             .collect();
         let calls = others.into_iter().map(|node| {

@@ -333,6 +333,7 @@ impl Node {
             self.records().remove_deployment(&name);
             return Err(error);
         }
+        self.replicate_now(&name).await;
         self.launch(name, planned, HashMap::new(), HashMap::new())
             .await
     }

@@ -106,6 +106,39 @@ impl Node {
         }
     }
 
+    /// The other members the gossip says are alive: replicas go to all of them (one that has
+    /// not answered a contact ping lately may still take a replica).
+    fn gossip_alive_peers(&self) -> Vec<String> {
+        let Some(peers) = &self.inner.services.peers else {
+            return Vec::new();
+        };
+        peers
+            .describe()
+            .into_iter()
+            .filter(|member| member.state == "alive" && member.name != self.inner.config.name)
+            .map(|member| member.name)
+            .collect()
+    }
+
+    /// Sends the replica of a deployment just recorded to every alive peer, waiting a moment
+    /// for them: a deploy is replicated when it is acknowledged, not a round of the
+    /// replication loop later. Those that do not answer get it from the loop.
+    pub(super) async fn replicate_now(&self, name: &str) {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return;
+        };
+        let Some(entry) = self.records().deployment(name) else {
+            return;
+        };
+        let replica = self.replica_of(&entry);
+        let calls = self.gossip_alive_peers().into_iter().map(|node| {
+            let request = PeerRequest::Replicate(replica.clone());
+            let peers = Arc::clone(&peers);
+            async move { peers.call(&node, request, Duration::from_secs(2)).await }
+        });
+        let _ = futures::future::join_all(calls).await;
+    }
+
     /// Replicates this node's deployments to every other alive node whenever they change or
     /// a node joins, and tells them when a deployment is gone. Runs until shutdown.
     pub(super) async fn replicate_forever(self) {
@@ -133,12 +166,7 @@ impl Node {
                 self.check_owners().await;
                 self.reconcile_replicas().await;
             }
-            let alive: Vec<String> = peers
-                .members()
-                .into_iter()
-                .filter(|member| member.alive && member.name != me)
-                .map(|member| member.name)
-                .collect();
+            let alive = self.gossip_alive_peers();
             let own: Vec<Replica> = self
                 .records()
                 .deployments()
@@ -299,7 +327,10 @@ impl Node {
             .collect();
         let orphaned: Vec<Replica> = lock(&self.inner.replicas)
             .values()
-            .filter(|replica| !alive.contains(&replica.summary.root_node))
+            .filter(|replica| {
+                !alive.contains(&replica.summary.root_node)
+                    && peers.is_gone(&replica.summary.root_node)
+            })
             .cloned()
             .collect();
         for replica in orphaned {
