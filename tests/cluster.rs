@@ -106,6 +106,20 @@ fn instances(cluster: &LocalCluster) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Waits (up to 30 s) until each of `count` workers runs exactly once over the cluster.
+fn wait_one_instance_each(cluster: &LocalCluster, count: usize) {
+    cluster
+        .wait_until(
+            "one instance of each worker",
+            Duration::from_secs(30),
+            || {
+                let counts = instances(cluster);
+                counts.len() == count && counts.values().all(|&n| n == 1)
+            },
+        )
+        .unwrap_or_else(|_| panic!("instances: {:?}", instances(cluster)));
+}
+
 /// What is left of deployments on the hosts: workload processes and deployment directories.
 fn leftovers(cluster: &LocalCluster) -> Vec<String> {
     let mut left: Vec<String> = cluster
@@ -257,16 +271,7 @@ fn after_a_partition_heals_exactly_one_instance_of_each_component_runs() {
     );
     cluster.heal();
     cluster.wait_converged(5, Duration::from_secs(20)).unwrap();
-    cluster
-        .wait_until(
-            "one instance of each worker",
-            Duration::from_secs(30),
-            || {
-                let counts = instances(&cluster);
-                counts.len() == 10 && counts.values().all(|&n| n == 1)
-            },
-        )
-        .unwrap_or_else(|_| panic!("instances: {:?}", instances(&cluster)));
+    wait_one_instance_each(&cluster, 10);
     let settled = wait_status(&cluster, "n2", "split", Duration::from_secs(30), |s| {
         all_running(s, 10) && s.deployment.root_node == majority.deployment.root_node
     });
@@ -305,16 +310,7 @@ fn a_partition_with_the_root_in_the_majority_heals_to_one_instance_of_each_compo
     cluster.heal();
     cluster.wait_converged(5, Duration::from_secs(20)).unwrap();
     // Their parent no longer owns the cut-off instances: their nodes stop them.
-    cluster
-        .wait_until(
-            "one instance of each worker",
-            Duration::from_secs(30),
-            || {
-                let counts = instances(&cluster);
-                counts.len() == 10 && counts.values().all(|&n| n == 1)
-            },
-        )
-        .unwrap_or_else(|_| panic!("instances: {:?}", instances(&cluster)));
+    wait_one_instance_each(&cluster, 10);
     cluster.terminate("n1", "major").unwrap();
     assert_clean(&cluster);
 }

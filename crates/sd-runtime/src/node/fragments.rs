@@ -11,18 +11,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::Actor;
 use sd_proto::peer::{FailureText, FragmentKey, FragmentSpec, PeerRequest, PeerResponse};
 use sd_proto::{DeploymentState, DeploymentStatus, DeploymentSummary};
 use sd_store::{DeploymentRecord, unix_ms_now};
 use tokio::sync::mpsc;
 
-use super::{Fragment, Live, LogLocation, Node, lock, prepare, remove_dir};
+use super::{Fragment, Live, LogLocation, Node, lock, prepare, remove_dir, spawn_under_node};
 use crate::cluster::{SHORT_DEADLINE, is_alive};
-use crate::component::{
-    Args, ComponentActor, ComponentMsg, ComponentRef, Deployment, DeploymentIdentity, ParentRef,
-    RootEnded,
-};
+use crate::component::{ComponentMsg, ComponentRef, Deployment, DeploymentIdentity, RootEnded};
 use crate::supervision::Ending;
 use crate::{Error, Result};
 
@@ -269,10 +265,7 @@ impl Node {
                     entry.epoch
                 ));
             }
-            entry.epoch = spec.key.epoch;
-            for context in entry.contexts() {
-                context.set_owner(spec.key.epoch, &spec.root_node);
-            }
+            entry.follow(spec.key.epoch, &spec.root_node);
         }
         Ok(Some(Arc::clone(&entry.deployment)))
     }
@@ -400,17 +393,8 @@ impl Node {
         if let Some(previous) = previous {
             self.terminate_fragment(&previous).await;
         }
-        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        let args = Args {
-            deployment: Arc::clone(&deployment),
-            index,
-            parent: ParentRef::Node(ended_tx),
-            incarnation: deployment.next_incarnation(),
-            remote: None,
-            adopt: false,
-        };
-        let component = match Actor::spawn(None, ComponentActor, args).await {
-            Ok((actor, _)) => ComponentRef(actor),
+        let (component, ended_rx) = match spawn_under_node(&deployment, index).await {
+            Ok(spawned) => spawned,
             Err(error) => {
                 return PeerResponse::Outcome(Err(FailureText {
                     path,

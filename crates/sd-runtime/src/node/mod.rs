@@ -81,7 +81,37 @@ struct Live {
     epoch: u64,
 }
 
+/// Spawns the component at `index` with the node as its parent (a deployment's root, a
+/// fragment run for another node, a leaf taken over to be cleaned): its end on its own
+/// arrives on the returned channel.
+async fn spawn_under_node(
+    deployment: &Arc<Deployment>,
+    index: usize,
+) -> std::result::Result<(ComponentRef, mpsc::UnboundedReceiver<RootEnded>), ractor::SpawnErr> {
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let args = Args {
+        deployment: Arc::clone(deployment),
+        index,
+        parent: ParentRef::Node(ended_tx),
+        incarnation: deployment.next_incarnation(),
+        remote: None,
+        adopt: false,
+    };
+    let (actor, _) = Actor::spawn(None, ComponentActor, args).await?;
+    Ok((ComponentRef(actor), ended_rx))
+}
+
 impl Live {
+    /// Moves to a newer epoch (and its root) after a takeover: the entry, and every
+    /// deployment state it holds, so that components created here from now on are keyed
+    /// under it. An older epoch changes nothing.
+    fn follow(&mut self, epoch: u64, root: &str) {
+        self.epoch = self.epoch.max(epoch);
+        for context in self.contexts() {
+            context.set_owner(epoch, root);
+        }
+    }
+
     /// Every deployment state the node holds for it: the root's and the fragments' (after a
     /// takeover, fragments adopted here keep running under the state they started with).
     fn contexts(&self) -> Vec<Arc<Deployment>> {
@@ -363,17 +393,8 @@ impl Node {
             recovered,
         ));
         deployment.set_adoptions(adoptions);
-        let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        let args = Args {
-            deployment: Arc::clone(&deployment),
-            index: 0,
-            parent: ParentRef::Node(ended_tx),
-            incarnation: deployment.next_incarnation(),
-            remote: None,
-            adopt: false,
-        };
-        let root = match Actor::spawn(None, ComponentActor, args).await {
-            Ok((actor, _)) => ComponentRef(actor),
+        let (root, ended_rx) = match spawn_under_node(&deployment, 0).await {
+            Ok(spawned) => spawned,
             Err(error) => {
                 let reason = format!("cannot start the root component: {error}");
                 self.set_state(&name, DeploymentState::Failed { reason });
@@ -390,12 +411,9 @@ impl Node {
             });
             entry.deployment = Arc::clone(&deployment);
             entry.root = Some(root.clone());
-            entry.epoch = entry.epoch.max(deployment.epoch());
             // Fragments adopted here after a takeover create their own children under the
             // new epoch too.
-            for context in entry.contexts() {
-                context.set_owner(deployment.epoch(), &deployment.root_node());
-            }
+            entry.follow(deployment.epoch(), &deployment.root_node());
         }
         tokio::spawn(self.clone().drive(deployment, root, ended_rx));
         Ok(())
@@ -768,19 +786,9 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             for index in leaves {
-                let (ended_tx, _ended_rx) = mpsc::unbounded_channel();
-                let args = Args {
-                    deployment: Arc::clone(&deployment),
-                    index,
-                    parent: ParentRef::Node(ended_tx),
-                    incarnation: deployment.next_incarnation(),
-                    remote: None,
-                    adopt: false,
-                };
-                let Ok((actor, _)) = Actor::spawn(None, ComponentActor, args).await else {
+                let Ok((component, _ended)) = spawn_under_node(&deployment, index).await else {
                     continue;
                 };
-                let component = ComponentRef(actor);
                 let path = deployment.plan.components[index].path_text();
                 if component.deploy(&path).await.is_ok() {
                     let _ = component.start(&path).await;

@@ -247,10 +247,7 @@ impl Node {
             && entry.root.is_none()
             && replica.epoch > entry.epoch
         {
-            entry.epoch = replica.epoch;
-            for context in entry.contexts() {
-                context.set_owner(replica.epoch, &replica.summary.root_node);
-            }
+            entry.follow(replica.epoch, &replica.summary.root_node);
         }
         let mut replicas = lock(&self.inner.replicas);
         if replicas
