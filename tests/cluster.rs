@@ -100,8 +100,10 @@ fn wait_status(
 /// How many processes run each worker, over the whole cluster.
 fn instances(cluster: &LocalCluster) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
-    for (_, _, component) in cluster.all_workloads() {
-        *counts.entry(component).or_insert(0) += 1;
+    for workload in cluster.all_workloads() {
+        if !workload.child_of_workload {
+            *counts.entry(workload.component).or_insert(0) += 1;
+        }
     }
     counts
 }
@@ -125,7 +127,7 @@ fn leftovers(cluster: &LocalCluster) -> Vec<String> {
     let mut left: Vec<String> = cluster
         .all_workloads()
         .into_iter()
-        .map(|(node, pid, component)| format!("{node}: process {pid} ({component})"))
+        .map(|w| format!("{}: process {} ({})", w.node, w.pid, w.component))
         .collect();
     for node in cluster.nodes() {
         let dir = node.data_dir.join("deployments");

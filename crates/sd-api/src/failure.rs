@@ -38,6 +38,16 @@ impl IntoResponse for Failure {
 
 impl From<Error> for Failure {
     fn from(error: Error) -> Failure {
+        if error.is_disk_full() {
+            // 507: the request was fine, the node has no room to record it; it may be made
+            // again once there is (the agent recovers by itself, no restart needed).
+            let message = match &error {
+                // Already says so, and names the store's file.
+                Error::Durability { .. } => error.to_string(),
+                _ => format!("the node's disk is full: {error}"),
+            };
+            return Failure::new(StatusCode::INSUFFICIENT_STORAGE, message);
+        }
         let status = match &error {
             Error::InvalidDescription { .. }
             | Error::InvalidName { .. }
@@ -46,7 +56,7 @@ impl From<Error> for Failure {
             Error::NotFound { .. } | Error::NoComponent { .. } => StatusCode::NOT_FOUND,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Remote { .. } => StatusCode::BAD_GATEWAY,
-            Error::Store(_) | Error::Io { .. } | Error::Durability(_) => {
+            Error::Store(_) | Error::Io { .. } | Error::Durability { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
@@ -128,7 +138,10 @@ mod tests {
             ),
             (Error::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
             (
-                Error::Durability("disk full".into()),
+                Error::Durability {
+                    reason: "cannot commit in the store `/d/node.redb`: I/O error: Input/output error (os error 5)".into(),
+                    disk_full: false,
+                },
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
         ];
@@ -138,6 +151,33 @@ mod tests {
             assert_eq!(failure.status, status, "{message}");
             assert_eq!(failure.body.error, message);
             assert!(failure.body.details.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_507_and_says_so_naming_the_store() {
+        let no_space = || std::io::Error::from_raw_os_error(28);
+        let cases = [
+            Error::Durability {
+                reason: format!(
+                    "cannot commit in the store `/var/lib/sd/node.redb`: I/O error: {}",
+                    no_space()
+                ),
+                disk_full: true,
+            },
+            Error::Io {
+                action: "cannot write",
+                path: "/var/lib/sd/node.redb".into(),
+                source: no_space(),
+            },
+        ];
+        for error in cases {
+            let failure = Failure::from(error);
+            assert_eq!(failure.status, StatusCode::INSUFFICIENT_STORAGE);
+            let message = &failure.body.error;
+            assert!(message.contains("the node's disk is full"), "{message}");
+            assert!(message.contains("/var/lib/sd/node.redb"), "{message}");
+            assert!(message.contains("No space left on device"), "{message}");
         }
     }
 

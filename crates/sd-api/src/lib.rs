@@ -25,6 +25,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sd_proto::FaultSettings;
 use sd_runtime::Node;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -60,11 +61,22 @@ pub enum Error {
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Sets the faults a node injects into what it sends (its gossip and its peer transport).
+pub type FaultHook = Arc<dyn Fn(FaultSettings) + Send + Sync>;
+
+/// What an API serves beyond the node's own routes.
+#[derive(Clone, Default)]
+pub struct Extras {
+    /// `PUT /v1/chaos/faults`, for chaos runs only (`sd agent --chaos`): without a hook the
+    /// route does not exist.
+    pub fault_hook: Option<FaultHook>,
+}
+
 /// The API over `node`, for tests and embedding: every route needs `token`. Log streams
 /// that follow a file end only when their deployment does; [`serve`] ends them at shutdown.
-pub fn router(node: Node, token: String) -> axum::Router {
+pub fn router(node: Node, token: String, extras: Extras) -> axum::Router {
     let (closing, _) = watch::channel(false);
-    routes::build(node, token, Arc::new(closing))
+    routes::build(node, token, extras, Arc::new(closing))
 }
 
 /// Serves the API over `node` on `listener` until `shutdown` completes, then lets the
@@ -73,11 +85,12 @@ pub async fn serve(
     node: Node,
     listener: TcpListener,
     token: String,
+    extras: Extras,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let (closing, _) = watch::channel(false);
     let closing = Arc::new(closing);
-    let app = routes::build(node, token, Arc::clone(&closing));
+    let app = routes::build(node, token, extras, Arc::clone(&closing));
     let signal = async move {
         shutdown.await;
         closing.send_replace(true);

@@ -11,15 +11,16 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use sd_proto::{
-    API_PREFIX, DeployRequest, DeploymentState, DeploymentStatus, DeploymentSummary,
+    API_PREFIX, DeployRequest, DeploymentState, DeploymentStatus, DeploymentSummary, FaultSettings,
     MAX_REQUEST_BYTES, NodeInfo,
 };
 use sd_runtime::{LogLocation, Node};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::Extras;
 use crate::auth::require_token;
 use crate::failure::Failure;
 use crate::logs::Tail;
@@ -35,14 +36,27 @@ pub(crate) struct AppState {
 
 type Answer<T> = Result<T, Failure>;
 
-pub(crate) fn build(node: Node, token: String, closing: Arc<watch::Sender<bool>>) -> Router {
+pub(crate) fn build(
+    node: Node,
+    token: String,
+    extras: Extras,
+    closing: Arc<watch::Sender<bool>>,
+) -> Router {
+    let fault_hook = extras.fault_hook;
     let state = AppState {
         node,
         token: token.into(),
         closing,
     };
     let deployment = format!("{API_PREFIX}/deployments/{{name}}");
-    Router::new()
+    let mut router = Router::new();
+    if let Some(hook) = fault_hook {
+        router = router.route(
+            &format!("{API_PREFIX}/chaos/faults"),
+            put(move |body: Result<Bytes, BytesRejection>| set_faults(hook.clone(), body)),
+        );
+    }
+    router
         .route(&format!("{API_PREFIX}/node"), get(node_info))
         .route(&format!("{API_PREFIX}/nodes"), get(nodes))
         .route(&format!("{API_PREFIX}/cluster"), get(cluster_stats))
@@ -113,6 +127,25 @@ async fn deploy(
     state.node.deploy(request).await?;
     let summary = state.node.status(&name)?.deployment;
     Ok((StatusCode::CREATED, Json(summary)))
+}
+
+/// `PUT /v1/chaos/faults` (agents started with `--chaos` only).
+async fn set_faults(
+    hook: crate::FaultHook,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<Json<FaultSettings>> {
+    let settings: FaultSettings = serde_json::from_slice(&body?).map_err(|error| {
+        Failure::bad_request(format!(
+            "the request body is not fault settings (JSON with `gossip` and `quic`, each with `loss`, `delay_ms`, `duplicate`): {error}"
+        ))
+    })?;
+    for (link, faults) in [("gossip", settings.gossip), ("quic", settings.quic)] {
+        faults
+            .check()
+            .map_err(|reason| Failure::bad_request(format!("{link}: {reason}")))?;
+    }
+    hook(settings);
+    Ok(Json(settings))
 }
 
 /// `GET /v1/deployments/{name}`.

@@ -28,16 +28,21 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(sd_api::Extras::default()).await
+}
+
+async fn fixture_with(extras: sd_api::Extras) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let node = Node::open(NodeConfig {
         name: "api-node".into(),
         data_dir: dir.path().to_path_buf(),
         vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
         peers: None,
+        test_breaks: sd_runtime::TestBreaks::default(),
     })
     .await
     .expect("node opens");
-    let app = sd_api::router(node.clone(), TOKEN.into());
+    let app = sd_api::router(node.clone(), TOKEN.into(), extras);
     Fixture {
         node,
         app,
@@ -526,6 +531,69 @@ async fn a_node_shutting_down_refuses_deploys_with_503() {
 }
 
 /// One HTTP/1.1 exchange over a fresh connection; returns the whole raw response.
+#[tokio::test]
+async fn fault_injection_exists_only_with_a_hook_and_checks_its_settings() {
+    let without = fixture().await;
+    let reply = without
+        .call(Method::PUT, "/v1/chaos/faults", b"{}".to_vec())
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = std::sync::Arc::clone(&seen);
+    let with = fixture_with(sd_api::Extras {
+        fault_hook: Some(std::sync::Arc::new(move |settings| {
+            recorder.lock().unwrap().push(settings);
+        })),
+    })
+    .await;
+    let body = br#"{"gossip": {"loss": 0.25}, "quic": {"delay_ms": 30, "duplicate": 0.5}}"#;
+    let reply = with
+        .call(Method::PUT, "/v1/chaos/faults", body.to_vec())
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let applied = seen.lock().unwrap().clone();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].gossip.loss, 0.25);
+    assert_eq!(applied[0].quic.delay_ms, 30);
+    assert_eq!(applied[0].quic.duplicate, 0.5);
+
+    let reply = with
+        .call(
+            Method::PUT,
+            "/v1/chaos/faults",
+            br#"{"gossip": {"loss": 1.5}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        reply
+            .error()
+            .error
+            .contains("gossip: loss must be a probability"),
+        "{}",
+        reply.text()
+    );
+    let reply = with
+        .call(Method::PUT, "/v1/chaos/faults", br#"{"udp": {}}"#.to_vec())
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "refused settings change nothing"
+    );
+    let reply = with
+        .send(request(
+            Method::PUT,
+            "/v1/chaos/faults",
+            None,
+            body.to_vec(),
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
+
 async fn raw_http(address: std::net::SocketAddr, text: String) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address)
@@ -547,6 +615,7 @@ async fn serve_answers_over_tcp_and_its_shutdown_ends_followed_logs() {
         f.node.clone(),
         listener,
         TOKEN.into(),
+        sd_api::Extras::default(),
         async move {
             let _ = stopped.await;
         },

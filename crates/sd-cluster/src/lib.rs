@@ -459,6 +459,22 @@ impl Cluster {
         self.membership.stats()
     }
 
+    /// Injects faults into what this node sends from now on, gossip and QUIC alike (chaos
+    /// runs only: `sd agent --chaos`). The default settings inject none.
+    pub fn set_faults(&self, settings: sd_proto::FaultSettings) {
+        let delay = |ms: u64| std::time::Duration::from_millis(ms);
+        self.membership.set_faults(sd_gossip::Faults {
+            loss: settings.gossip.loss,
+            delay: delay(settings.gossip.delay_ms),
+            duplicate: settings.gossip.duplicate,
+        });
+        self.endpoint.set_faults(sd_net::Faults {
+            loss: settings.quic.loss,
+            delay: delay(settings.quic.delay_ms),
+            duplicate: settings.quic.duplicate,
+        });
+    }
+
     /// Leaves the cluster: announces it to the peers and closes the transport.
     pub async fn shutdown(&self) {
         self.contact.abort();
@@ -480,6 +496,12 @@ async fn watch_losses(
     // (name, generation) of the members declared dead and not yet reported.
     let mut pending: Vec<(String, u64)> = Vec::new();
     let mut tick = tokio::time::interval(CONTACT_PERIOD);
+    // Since when this node has had a majority. A side cut off notes the other side's deaths
+    // but cannot act on them; once healed, it regains its majority a moment before every
+    // member of the other side answered again, and those deaths must not then be acted on:
+    // a member is lost only if it stayed silent through a whole silence period *with* a
+    // majority (the chaos runs caught a healed minority restarting the majority's work).
+    let mut majority_since: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             change = changes.recv() => match change {
@@ -500,7 +522,12 @@ async fn watch_losses(
             },
             _ = tick.tick() => {}
         }
-        if pending.is_empty() || !peers.has_quorum() {
+        if !peers.has_quorum() {
+            majority_since = None;
+            continue;
+        }
+        let since = *majority_since.get_or_insert_with(std::time::Instant::now);
+        if pending.is_empty() || since.elapsed() < LOSS_SILENCE {
             continue;
         }
         let alive: Vec<(String, u64)> = membership

@@ -23,8 +23,10 @@ use quinn::{
 use ring::{digest, hmac};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub use crate::faults::Faults;
 use crate::{
     Error, Identity, Result, codec,
+    faults::{FaultControl, FaultySocket},
     stats::{Counters, Stats},
     tls,
 };
@@ -89,15 +91,6 @@ pub enum Reply<R> {
     Refused(String),
 }
 
-/// Faults injected into outgoing calls, for chaos tests. The default injects nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Faults {
-    /// Probability (0.0..=1.0) that a call is dropped: it is never sent and times out.
-    pub drop_probability: f64,
-    /// Delay added before each call is sent.
-    pub delay: Duration,
-}
-
 /// One cached connection per peer; the async mutex makes concurrent callers share one dial.
 type PeerSlot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
@@ -120,7 +113,7 @@ struct Inner<S> {
     client_config: quinn::ClientConfig,
     peers: Mutex<HashMap<String, PeerSlot>>,
     counters: Arc<Counters>,
-    faults: Mutex<Faults>,
+    faults: Arc<FaultControl>,
     closed: AtomicBool,
     accept_task: tokio::task::JoinHandle<()>,
     _service: std::marker::PhantomData<fn() -> S>,
@@ -157,7 +150,22 @@ impl<S: Service> Endpoint<S> {
             addr: listen,
             source: std::io::Error::other("no async runtime"),
         })?;
-        let quic = quinn::Endpoint::new(
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|source| Error::Bind {
+                addr: listen,
+                source,
+            })?;
+        let counters = Arc::new(Counters::default());
+        let faults = Arc::new(FaultControl::default());
+        // Every datagram quinn sends goes through the fault injection (which, unset, passes
+        // it straight on).
+        let socket = Arc::new(FaultySocket::new(
+            socket,
+            Arc::clone(&faults),
+            Arc::clone(&counters),
+        ));
+        let quic = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::new(Arc::new(reset_key(&identity))),
             Some(server_config),
             socket,
@@ -168,7 +176,6 @@ impl<S: Service> Endpoint<S> {
             source,
         })?;
 
-        let counters = Arc::new(Counters::default());
         let accept_task = tokio::spawn(accept_loop(quic.clone(), service, Arc::clone(&counters)));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -177,7 +184,7 @@ impl<S: Service> Endpoint<S> {
                 client_config,
                 peers: Mutex::new(HashMap::new()),
                 counters,
-                faults: Mutex::new(Faults::default()),
+                faults,
                 closed: AtomicBool::new(false),
                 accept_task,
                 _service: std::marker::PhantomData,
@@ -234,22 +241,16 @@ impl<S: Service> Endpoint<S> {
         self.inner.counters.snapshot(open)
     }
 
-    /// Sets the faults injected into outgoing calls from now on.
+    /// Sets the faults injected into the UDP datagrams this endpoint sends from now on (calls
+    /// and replies, handshakes, acknowledgements, keep-alives alike; see [`crate::faults`]).
+    /// [`Faults::default`] stops injecting.
     pub fn set_faults(&self, faults: Faults) {
-        *self
-            .inner
-            .faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = faults;
+        self.inner.faults.set(faults);
     }
 
-    /// The faults injected into outgoing calls.
+    /// The faults injected into the UDP datagrams this endpoint sends.
     pub fn faults(&self) -> Faults {
-        *self
-            .inner
-            .faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.faults.get()
     }
 
     /// Stops serving and calling, closes every connection and waits (briefly) for them to drain.
@@ -270,15 +271,6 @@ impl<S: Service> Endpoint<S> {
     ) -> Result<S::Response> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
-        }
-        let faults = self.faults();
-        if !faults.delay.is_zero() {
-            tokio::time::sleep(faults.delay).await;
-        }
-        if faults.drop_probability > 0.0 && fastrand::f64() < faults.drop_probability {
-            // A lost request: the caller sees its deadline expire, as with a real loss.
-            Counters::add(&self.inner.counters.dropped_by_faults, 1);
-            return futures::future::pending().await;
         }
         let frame = codec::encode_frame(request)?;
         let slot = self.slot(node);
@@ -596,12 +588,5 @@ mod tests {
     fn transport_drops_dead_peers_quickly() {
         assert!(KEEP_ALIVE < IDLE_TIMEOUT);
         assert!(IDLE_TIMEOUT <= Duration::from_secs(10));
-    }
-
-    #[test]
-    fn faults_default_to_none() {
-        let faults = Faults::default();
-        assert_eq!(faults.drop_probability, 0.0);
-        assert!(faults.delay.is_zero());
     }
 }

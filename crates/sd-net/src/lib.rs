@@ -8,6 +8,8 @@
 //!   panic). ALPN is [`tls::ALPN`].
 //! - **The cluster's PKI files** ([`pki`]): a cluster CA, one certificate per node naming the
 //!   node as a DNS SAN, and the gossip key.
+//! - **Fault injection for chaos tests** ([`faults`]): outgoing UDP datagrams lost, delayed
+//!   or duplicated under quinn, as [`Endpoint::set_faults`] says; none by default.
 //! - **The wire codec** ([`codec`]): bincode 2.0.1 behind one small module, every decode
 //!   bounded by [`codec::MAX_MESSAGE`], every frame tagged with [`codec::PROTOCOL_VERSION`].
 //!
@@ -30,6 +32,7 @@
 
 pub mod codec;
 pub mod endpoint;
+pub mod faults;
 pub mod pki;
 pub mod stats;
 pub mod tls;

@@ -26,8 +26,14 @@ pub struct Stats {
     pub refused_handshakes: u64,
     /// Requests or replies that could not be decoded (garbage, oversized, other version).
     pub decode_errors: u64,
-    /// Outgoing calls dropped by fault injection.
-    pub dropped_by_faults: u64,
+    /// Outgoing UDP datagrams dropped by fault injection ([`crate::Faults::loss`]), delayed
+    /// ones whose late send failed included. A transmit of several GSO segments counts once.
+    pub fault_dropped_datagrams: u64,
+    /// Outgoing UDP datagrams sent twice by fault injection ([`crate::Faults::duplicate`]).
+    pub fault_duplicated_datagrams: u64,
+    /// Outgoing UDP datagrams held back by fault injection ([`crate::Faults::delay`]); a
+    /// duplicated one counts twice.
+    pub fault_delayed_datagrams: u64,
     /// Connections open now, incoming and outgoing.
     pub open_connections: u64,
     /// Latency histogram of successful calls (see [`LATENCY_BUCKETS`]).
@@ -64,7 +70,9 @@ pub(crate) struct Counters {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) refused_handshakes: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
-    pub(crate) dropped_by_faults: AtomicU64,
+    pub(crate) fault_dropped_datagrams: AtomicU64,
+    pub(crate) fault_duplicated_datagrams: AtomicU64,
+    pub(crate) fault_delayed_datagrams: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -91,7 +99,9 @@ impl Counters {
             bytes_received: load(&self.bytes_received),
             refused_handshakes: load(&self.refused_handshakes),
             decode_errors: load(&self.decode_errors),
-            dropped_by_faults: load(&self.dropped_by_faults),
+            fault_dropped_datagrams: load(&self.fault_dropped_datagrams),
+            fault_duplicated_datagrams: load(&self.fault_duplicated_datagrams),
+            fault_delayed_datagrams: load(&self.fault_delayed_datagrams),
             open_connections,
             latency_buckets: std::array::from_fn(|bucket| load(&self.latency_buckets[bucket])),
         }

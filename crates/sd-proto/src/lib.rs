@@ -153,6 +153,20 @@ pub struct ComponentStatus {
     /// Its last failure.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// How it supervises its children, for a component that has some.
+    #[serde(default)]
+    pub supervision: Option<Supervision>,
+}
+
+/// A parent's declared supervision: what INV-5 holds its restarts to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervision {
+    /// `sdRestartStrategy`: `one_for_one`, `one_for_all`, `rest_for_one` or `none`.
+    pub strategy: String,
+    /// `sdMaxRestarts`: restarts of its children allowed within the window.
+    pub max_restarts: u32,
+    /// `sdRestartWindow`, in milliseconds.
+    pub window_ms: u64,
 }
 
 /// `GET /v1/deployments/{name}`: a deployment and its component tree, parents first.
@@ -277,6 +291,55 @@ pub struct ClusterStats {
     /// 99th percentile peer request round trip, in microseconds (an upper bound within 2x).
     #[serde(default)]
     pub rpc_p99_us: Option<u64>,
+}
+
+/// Faults injected into one kind of link of a node: what it sends is lost, delayed or
+/// duplicated. Only for chaos runs: an agent accepts them only when started with `--chaos`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFaults {
+    /// Probability (0..=1) that an outgoing packet is dropped.
+    #[serde(default)]
+    pub loss: f64,
+    /// Delay added to every outgoing packet, in milliseconds.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Probability (0..=1) that an outgoing packet is sent twice.
+    #[serde(default)]
+    pub duplicate: f64,
+}
+
+impl LinkFaults {
+    /// What is wrong with these settings, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [("loss", self.loss), ("duplicate", self.duplicate)] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(format!(
+                    "{name} must be a probability in 0..=1, not {value}"
+                ));
+            }
+        }
+        if self.delay_ms > 10_000 {
+            return Err(format!(
+                "delay_ms must be at most 10000, not {}",
+                self.delay_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /v1/chaos/faults`: the faults a node injects into what it sends from now on (the
+/// default: none). Served only by agents started with `--chaos`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSettings {
+    /// Into its gossip (UDP) packets.
+    #[serde(default)]
+    pub gossip: LinkFaults,
+    /// Into its peer transport's (QUIC) datagrams.
+    #[serde(default)]
+    pub quic: LinkFaults,
 }
 
 #[cfg(test)]

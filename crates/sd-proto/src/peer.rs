@@ -3,7 +3,9 @@
 //! A component that runs on another node than its parent is a *fragment* there: the parent's
 //! node keeps a proxy for it and drives it with these requests; the fragment reports its end
 //! back the same way. Every fragment request carries the deployment's epoch and the proxy's
-//! incarnation, so a node acting on stale ownership is recognised and refused.
+//! incarnation, so a node acting on stale ownership is recognised and refused. Before a node
+//! records a deploy, it claims the deployment's name on the other members
+//! ([`PeerRequest::Claim`]): at most one of two concurrent deploys of a name gets a majority.
 //!
 //! These types are encoded with bincode (no self-describing format): add new requests at the
 //! end of the enums, and bump the transport's protocol version when a field changes.
@@ -55,6 +57,34 @@ pub struct Replica {
     pub epoch: u64,
     /// Where each fragment runs: (plan index, node).
     pub placements: Vec<(u32, String)>,
+}
+
+/// Who claims a deployment name: one deploy through one node. A retry of the same deploy
+/// is the same claimant (same node, generation and nonce), so it is granted again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClaimId {
+    /// The node the deploy came through.
+    pub node: String,
+    /// That node's generation (new at every agent start).
+    pub generation: u64,
+    /// Random, drawn once per deploy request.
+    pub nonce: u64,
+}
+
+/// Why a node does not grant a claim on a deployment name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimRefusal {
+    /// The node holds a deployment of that name (its record or a replica) whose root is
+    /// `root`.
+    Deployed {
+        /// The deployment's root node.
+        root: String,
+    },
+    /// Another deploy of that name, through `node`, holds an unexpired claim on it.
+    Claimed {
+        /// The node that deploy came through.
+        node: String,
+    },
 }
 
 /// A request from one node to another.
@@ -119,6 +149,23 @@ pub enum PeerRequest {
     /// Do the receiver's components still own these fragments? (Their node asks their
     /// parents' node, all at once; answered with [`PeerResponse::Owned`].)
     Owns(Vec<FragmentKey>),
+    /// Grant `claimant` the deployment name `name` (before a deploy is recorded, its node
+    /// needs grants from a strict majority of the known members). Answered with
+    /// [`PeerResponse::Granted`] or [`PeerResponse::NotGranted`].
+    Claim {
+        /// The deployment name.
+        name: String,
+        /// Who claims it.
+        claimant: ClaimId,
+    },
+    /// Drop `claimant`'s claim on `name` (its deploy did not go ahead); answered with
+    /// [`PeerResponse::Done`].
+    Release {
+        /// The deployment name.
+        name: String,
+        /// Whose claim.
+        claimant: ClaimId,
+    },
 }
 
 /// A component's failure, as it crosses the network.
@@ -158,4 +205,9 @@ pub enum PeerResponse {
     Fragments(Vec<(FragmentKey, String)>),
     /// For each key asked about, whether the proxy of that incarnation still runs here.
     Owned(Vec<bool>),
+    /// The claim on a deployment name is granted (for about 10 s, or until the claimant's
+    /// replica arrives or it releases the claim).
+    Granted,
+    /// The claim on a deployment name is not granted, and why.
+    NotGranted(ClaimRefusal),
 }

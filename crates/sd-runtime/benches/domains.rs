@@ -173,6 +173,7 @@ fn main() {
             data_dir: dir.path().to_path_buf(),
             vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
             peers: None,
+            test_breaks: sd_runtime::TestBreaks::default(),
         })
         .await
         .unwrap();

@@ -72,6 +72,7 @@ fn main() {
             data_dir: dir.path().to_path_buf(),
             vm_accelerator: None,
             peers: None,
+            test_breaks: sd_runtime::TestBreaks::default(),
         })
         .await
         .unwrap();

@@ -13,10 +13,15 @@
 //! Guarantees (names as in docs/ARCHITECTURE.md):
 //! - INV-2: a deploy is acknowledged only once its record is durable, and a process domain
 //!   reports running only once its process identity is; an agent killed and started again
-//!   re-adopts the domains still running (by pid and start time) and restarts the others.
+//!   re-adopts the domains still running (by pid and start time) and restarts the others. In
+//!   a cluster, a deploy is recorded only once a majority of the known members granted its
+//!   name, so of two deploys of one name through two nodes at most one is acknowledged.
 //! - INV-3: terminate, and a failed deploy, undo everything in reverse order: no process,
 //!   directory or file of the deployment is left on the host.
 //! - INV-5: restarts stay within the declared intensity, then escalate.
+//!
+//! [`TestBreaks`] switches some of these mechanisms off, only so that the chaos checker can
+//! be shown to catch the violations; the default breaks nothing.
 //!
 //! Components talk to their parent and children only through [`component::ComponentRef`]
 //! and the deployment's registry, never through knowledge of where those run, so the
@@ -31,7 +36,7 @@ pub mod supervision;
 mod vm_host;
 
 pub use cluster::Peers;
-pub use node::{LogLocation, Node, NodeConfig};
+pub use node::{LogLocation, Node, NodeConfig, TestBreaks};
 pub use sd_drivers::qemu::Accelerator;
 
 /// What went wrong in the runtime. The messages name the deployment, component and attribute.
@@ -99,8 +104,21 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A change could not be made durable (the store's file failed: disk full, I/O error).
-    #[error("cannot record the node's state durably: {0}")]
-    Durability(String),
+    /// The change stays in the node's memory and is written again once the store works.
+    #[error(
+        "{}: {reason}",
+        if *disk_full {
+            "the node's disk is full, so its state cannot be recorded durably (free some space: the agent carries on by itself once there is room)"
+        } else {
+            "cannot record the node's state durably"
+        }
+    )]
+    Durability {
+        /// Why, as the store says it (naming its file).
+        reason: String,
+        /// Whether the cause is the disk being full ([`sd_store::Error::is_disk_full`]).
+        disk_full: bool,
+    },
     /// Another node of the cluster could not do what was asked.
     #[error("node \"{node}\": {reason}")]
     Remote {
@@ -112,6 +130,19 @@ pub enum Error {
     /// The node is shutting down and takes no more work.
     #[error("the agent is shutting down")]
     ShuttingDown,
+}
+
+impl Error {
+    /// Whether the cause is the node's disk being full (its store, or a file of its data dir,
+    /// could not be written for want of space). Such a failure passes once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Durability { disk_full, .. } => *disk_full,
+            Error::Store(error) => error.is_disk_full(),
+            Error::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -6,18 +6,34 @@
 //! [`Records::flush`] waits until everything written before it is durable; a component waits
 //! for it before it reports an acknowledged change (a process started, a deployment
 //! accepted), which is what INV-2 needs. Every change is also published as an [`Event`].
+//!
+//! The in-memory table is the truth; the store follows it. A commit that fails (the disk
+//! full, an I/O error) answers the flushes waiting on it with the error, but its changes are
+//! not dropped: they stay queued, merged with later ones (the last change of a record wins),
+//! and are committed with the next group, or on their own after a backoff if nothing else
+//! comes. So once the store works again, every change made during the outage is written,
+//! without an agent restart. Only a change the store refuses for its content (an invalid
+//! name, say) is dropped, and the flushes of its group are told.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use sd_proto::{ComponentState, Event};
 use sd_store::{ComponentRecord, DeploymentRecord, Store, unix_ms_now};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::{Error, Result};
 
 /// How many lifecycle events a slow listener may fall behind before it loses some.
 const EVENT_BACKLOG: usize = 4096;
+
+/// How long the writer waits before trying a failed commit again, if no flush asks sooner;
+/// doubled after each failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+/// The longest wait between two tries of a failed commit.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One deployment's records, components in plan order.
 #[derive(Debug, Clone)]
@@ -31,7 +47,19 @@ enum Write {
     Deployment(DeploymentRecord),
     RemoveDeployment(String),
     Component(ComponentRecord),
-    Flush(oneshot::Sender<std::result::Result<(), String>>),
+    Flush(oneshot::Sender<Flushed>),
+}
+
+/// What a flush learns: the changes before it are durable, or why not.
+type Flushed = std::result::Result<(), NotDurable>;
+
+/// Why changes could not be made durable.
+#[derive(Debug, Clone)]
+struct NotDurable {
+    /// The store's error.
+    reason: String,
+    /// Whether the store's disk is full.
+    disk_full: bool,
 }
 
 /// The node's records; cheap to clone.
@@ -169,7 +197,9 @@ impl Records {
         self.publish(deployment, path, what, Some(detail));
     }
 
-    /// Waits until every change recorded before this call is durable.
+    /// Waits until every change recorded before this call is durable. On an error (the disk
+    /// full ...) those changes are not lost: they stay queued and are written once the store
+    /// works again.
     pub async fn flush(&self) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.writes
@@ -177,7 +207,9 @@ impl Records {
             .map_err(|_| Error::ShuttingDown)?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::Durability(reason)),
+            Ok(Err(NotDurable { reason, disk_full })) => {
+                Err(Error::Durability { reason, disk_full })
+            }
             Err(_) => Err(Error::ShuttingDown),
         }
     }
@@ -223,63 +255,363 @@ impl Records {
     }
 }
 
-/// Commits writes in groups until every sender is gone.
-async fn write_loop(store: Arc<Store>, mut queue: mpsc::UnboundedReceiver<Write>) {
-    let mut pending = Vec::new();
-    while queue.recv_many(&mut pending, 4096).await > 0 {
-        let group = std::mem::take(&mut pending);
-        let store = Arc::clone(&store);
-        let outcome = tokio::task::spawn_blocking(move || commit(&store, group)).await;
-        let (flushes, result) = match outcome {
-            Ok(done) => done,
-            Err(_) => continue,
-        };
-        for flush in flushes {
-            let _ = flush.send(result.clone());
-        }
-    }
+/// The changes not yet committed, merged: the last change of each record wins.
+#[derive(Default)]
+struct Pending {
+    /// Deployments removed (with their components), before anything is put.
+    removed: BTreeSet<String>,
+    /// Deployments put (`Some`) or removed (`None`).
+    deployments: HashMap<String, Option<DeploymentRecord>>,
+    /// Components put, by deployment and path.
+    components: HashMap<(String, String), ComponentRecord>,
 }
 
-type Flushes = Vec<oneshot::Sender<std::result::Result<(), String>>>;
-
-/// Writes one group in one transaction: the last change of each record wins, deployments are
-/// written before their components and removed after them.
-fn commit(store: &Store, group: Vec<Write>) -> (Flushes, std::result::Result<(), String>) {
-    let mut deployments: HashMap<String, Option<DeploymentRecord>> = HashMap::new();
-    let mut removed = Vec::new();
-    let mut components: HashMap<(String, String), ComponentRecord> = HashMap::new();
-    let mut flushes = Vec::new();
-    for write in group {
+impl Pending {
+    /// Adds a change, after those already pending; a flush goes to `flushes`.
+    fn add(&mut self, write: Write, flushes: &mut Flushes) {
         match write {
             Write::Deployment(record) => {
-                deployments.insert(record.name.clone(), Some(record));
+                self.deployments.insert(record.name.clone(), Some(record));
             }
             Write::RemoveDeployment(name) => {
-                components.retain(|(deployment, _), _| *deployment != name);
-                deployments.insert(name.clone(), None);
-                removed.push(name);
+                self.components
+                    .retain(|(deployment, _), _| *deployment != name);
+                self.deployments.insert(name.clone(), None);
+                self.removed.insert(name);
             }
             Write::Component(record) => {
-                components.insert((record.deployment.clone(), record.path.clone()), record);
+                self.components
+                    .insert((record.deployment.clone(), record.path.clone()), record);
             }
             Write::Flush(done) => flushes.push(done),
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.deployments.is_empty() && self.components.is_empty()
+    }
+}
+
+type Flushes = Vec<oneshot::Sender<Flushed>>;
+
+/// When to try a failed commit again, and the wait after that.
+#[derive(Clone, Copy)]
+struct Retry {
+    at: Instant,
+    backoff: Duration,
+}
+
+/// Commits writes in groups until every sender is gone. A group whose commit failed is kept,
+/// and tried again with the next flush, or after a backoff, until it is committed.
+async fn write_loop(store: Arc<Store>, mut queue: mpsc::UnboundedReceiver<Write>) {
+    let mut pending = Pending::default();
+    let mut flushes: Flushes = Vec::new();
+    let mut incoming = Vec::new();
+    let mut retry: Option<Retry> = None;
+    loop {
+        let closed = tokio::select! {
+            received = queue.recv_many(&mut incoming, 4096) => received == 0,
+            () = sleep_until(retry.map(|retry| retry.at)) => false,
+        };
+        for write in incoming.drain(..) {
+            pending.add(write, &mut flushes);
+        }
+        // After a failure, a change alone waits for the backoff; a flush is answered at once.
+        let due = match retry {
+            None => true,
+            Some(retry) => closed || !flushes.is_empty() || Instant::now() >= retry.at,
+        };
+        if due {
+            let result = if pending.is_empty() {
+                Ok(())
+            } else {
+                let group = std::mem::take(&mut pending);
+                let store = Arc::clone(&store);
+                let outcome =
+                    tokio::task::spawn_blocking(move || (commit(&store, &group), group)).await;
+                match outcome {
+                    Ok((Ok(answer), _)) => answer,
+                    Ok((Err(failed), group)) => {
+                        // Nothing was written: keep the group for the next try.
+                        pending = group;
+                        let backoff = retry.map_or(RETRY_FIRST, |retry| {
+                            retry.backoff.saturating_mul(2).min(RETRY_MAX)
+                        });
+                        retry = Some(Retry {
+                            at: Instant::now() + backoff,
+                            backoff,
+                        });
+                        Err(failed)
+                    }
+                    // The commit panicked, and took its group with it.
+                    Err(_) => Err(NotDurable {
+                        reason: "the node's store writer failed unexpectedly".to_owned(),
+                        disk_full: false,
+                    }),
+                }
+            };
+            if pending.is_empty() {
+                retry = None;
+            }
+            for flush in flushes.drain(..) {
+                let _ = flush.send(result.clone());
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes one group in one transaction: deployments are removed before anything is put, and
+/// put before their components. `Ok` when committed, with a failure if some change was
+/// refused for its content (and left out); `Err` when nothing was written.
+fn commit(store: &Store, group: &Pending) -> std::result::Result<Flushed, NotDurable> {
+    let mut refused = Vec::new();
     let result = store.batch(|batch| {
         // A name removed and deployed again within the group loses its old components first.
-        for name in &removed {
-            batch.remove_deployment(name)?;
+        for name in &group.removed {
+            unless_refused(batch.remove_deployment(name), &mut refused)?;
         }
-        for record in deployments.values().flatten() {
-            batch.put_deployment(record)?;
+        for record in group.deployments.values().flatten() {
+            unless_refused(batch.put_deployment(record), &mut refused)?;
         }
-        for record in components.values() {
+        for record in group.components.values() {
             // A component whose deployment was removed meanwhile has nothing to update.
-            if batch.deployment(&record.deployment)?.is_some() {
-                batch.put_component(record)?;
+            let deployment = unless_refused(batch.deployment(&record.deployment), &mut refused)?;
+            if deployment.flatten().is_some() {
+                unless_refused(batch.put_component(record), &mut refused)?;
             }
         }
         Ok(())
     });
-    (flushes, result.map_err(|error| error.to_string()))
+    match result {
+        Ok(()) if refused.is_empty() => Ok(Ok(())),
+        Ok(()) => Ok(Err(NotDurable {
+            reason: format!(
+                "{} change(s) refused by the store (the others are recorded): {}",
+                refused.len(),
+                refused.join("; ")
+            ),
+            disk_full: false,
+        })),
+        Err(error) => Err(NotDurable {
+            reason: error.to_string(),
+            disk_full: error.is_disk_full(),
+        }),
+    }
+}
+
+/// `None` (noted in `refused`) if the store refused a change for its content, which trying
+/// again cannot mend; a failure of the store itself is returned, and fails the group.
+fn unless_refused<T>(
+    result: sd_store::Result<T>,
+    refused: &mut Vec<String>,
+) -> sd_store::Result<Option<T>> {
+    use sd_store::Error as E;
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(
+            error @ (E::InvalidName { .. }
+            | E::InvalidPath { .. }
+            | E::NoSuchDeployment { .. }
+            | E::Encode { .. }
+            | E::Decode { .. }),
+        ) => {
+            refused.push(error.to_string());
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::path::Path;
+    use std::process::Command;
+
+    use sd_proto::DeploymentState;
+
+    use super::*;
+
+    fn deployment(name: &str, description_bytes: usize) -> DeploymentRecord {
+        DeploymentRecord {
+            name: name.to_owned(),
+            description: "x".repeat(description_bytes),
+            source: String::new(),
+            state: DeploymentState::Running,
+            epoch: 1,
+            root_node: "n1".to_owned(),
+            created_unix_ms: 0,
+            updated_unix_ms: 0,
+        }
+    }
+
+    fn component(deployment: &str, path: &str, restarts: u32) -> ComponentRecord {
+        ComponentRecord {
+            deployment: deployment.to_owned(),
+            path: path.to_owned(),
+            kind: "sd.ProcessDomain".to_owned(),
+            state: ComponentState::Running,
+            node: "n1".to_owned(),
+            process: None,
+            restarts,
+            restart_times_unix_ms: Vec::new(),
+            epoch: 1,
+            last_error: Some("x".repeat(8 << 10)),
+            started_unix_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_is_reported_and_does_not_hold_back_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path().join("node.redb")).unwrap());
+        let (records, _) = Records::open(Arc::clone(&store), "n1").unwrap();
+        records.put_deployment(deployment("web", 10));
+        records.put_deployment(deployment("-bad", 10));
+        let error = records.flush().await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::Durability {
+                    disk_full: false,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("-bad"), "{error}");
+        assert!(store.deployment("web").unwrap().is_some());
+        // Refused for its content, the change is dropped rather than retried for ever.
+        records.put_deployment(deployment("db", 10));
+        records.flush().await.unwrap();
+        assert!(store.deployment("db").unwrap().is_some());
+    }
+
+    /// A tmpfs mounted on a temporary directory (unmounted when dropped), or `None` with the
+    /// reason printed where mounting is not permitted.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().unwrap();
+            let output = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output();
+            match output {
+                Ok(output) if output.status.success() => Some(Tmpfs(dir)),
+                Ok(output) => {
+                    eprintln!(
+                        "SKIPPED: cannot mount a tmpfs: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    );
+                    None
+                }
+                Err(error) => {
+                    eprintln!("SKIPPED: cannot run `mount`: {error}");
+                    None
+                }
+            }
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+
+    /// Fills the file system of `dir` to the last byte.
+    fn fill(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for chunk in [vec![0_u8; 1 << 16], vec![0; 4096], vec![0; 1]] {
+            while matches!(file.write(&chunk), Ok(written) if written > 0) {}
+        }
+        path
+    }
+
+    #[tokio::test]
+    async fn changes_made_while_the_disk_is_full_are_written_once_there_is_room() {
+        let Some(disk) = Tmpfs::mount("2m") else {
+            return;
+        };
+        let store = Arc::new(Store::open(disk.0.path().join("node.redb")).unwrap());
+        let (records, _) = Records::open(Arc::clone(&store), "n1").unwrap();
+        records.put_deployment(deployment("web", 100));
+        records.flush().await.unwrap();
+
+        let filler = fill(disk.0.path());
+        // Components change (a domain restarting, say) until a commit fails for want of space.
+        let mut restarts = 0;
+        let error = loop {
+            restarts += 1;
+            assert!(restarts < 500, "the full disk never refused a commit");
+            let path = format!("sfConfig:vm{restarts}");
+            records.update(
+                "web",
+                restarts as usize,
+                || component("web", &path, 0),
+                |record| record.restarts = restarts,
+            );
+            if let Err(error) = records.flush().await {
+                break error;
+            }
+        };
+        assert!(error.is_disk_full(), "{error:?}");
+        assert!(error.to_string().contains("disk is full"), "{error}");
+        assert!(error.to_string().contains("node.redb"), "{error}");
+        // More changes while it is full, and one record changed again: the last change wins.
+        records.update(
+            "web",
+            1,
+            || component("web", "sfConfig:vm1", 0),
+            |record| record.restarts = 1000,
+        );
+        records.put_deployment(deployment("late", 100));
+        let still_full = records.flush().await.unwrap_err();
+        assert!(still_full.is_disk_full(), "{still_full:?}");
+
+        // Room again: with no new change and no flush, the writer writes what waited.
+        std::fs::remove_file(&filler).unwrap();
+        let deadline = std::time::Instant::now() + RETRY_MAX * 3;
+        while store.deployment("late").unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the changes made during the outage were never written"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let in_memory = records.deployment("web").unwrap();
+        let stored = store.components("web").unwrap();
+        assert_eq!(stored.len(), in_memory.components.len());
+        for record in in_memory.components.values() {
+            assert_eq!(
+                store.component("web", &record.path).unwrap().as_ref(),
+                Some(record),
+                "{}",
+                record.path
+            );
+        }
+        assert_eq!(
+            store
+                .component("web", "sfConfig:vm1")
+                .unwrap()
+                .unwrap()
+                .restarts,
+            1000
+        );
+        records.flush().await.unwrap();
+    }
 }

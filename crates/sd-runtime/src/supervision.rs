@@ -32,6 +32,18 @@ pub enum Strategy {
     None,
 }
 
+impl Strategy {
+    /// The strategy as `sdRestartStrategy` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::OneForOne => "one_for_one",
+            Strategy::OneForAll => "one_for_all",
+            Strategy::RestForOne => "rest_for_one",
+            Strategy::None => "none",
+        }
+    }
+}
+
 /// What a child's end means to its parent (`sdRestart`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {

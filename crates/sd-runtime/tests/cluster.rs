@@ -1,6 +1,7 @@
 //! Several nodes in one process, joined by an in-process [`Peers`]: components placed on other
 //! nodes (pinned and scheduled), status and terminate from any node, a lost node's components
-//! restarted elsewhere, a pinned component waiting for its node, and clean hosts afterwards.
+//! restarted elsewhere, a pinned component waiting for its node, concurrent deploys of one
+//! name through two nodes, and clean hosts afterwards.
 //! The real transport (QUIC, gossip) is tested in sd-net, sd-gossip and the end-to-end tests;
 //! here every request still crosses the same `serve_peer` entry point.
 
@@ -14,7 +15,7 @@ use futures::future::BoxFuture;
 use sd_placement::{NodeView, Resources};
 use sd_proto::peer::{PeerRequest, PeerResponse};
 use sd_proto::{ComponentState, DeployRequest, DeploymentState, DeploymentStatus};
-use sd_runtime::{Node, NodeConfig, Peers};
+use sd_runtime::{Node, NodeConfig, Peers, TestBreaks};
 
 /// The cluster's members: each node and whether it is reachable.
 #[derive(Default)]
@@ -80,6 +81,11 @@ struct Cluster {
 
 impl Cluster {
     async fn new(names: &[&str]) -> Cluster {
+        Cluster::with_breaks(names, TestBreaks::default()).await
+    }
+
+    /// A cluster whose every node has these safety mechanisms switched off.
+    async fn with_breaks(names: &[&str], test_breaks: TestBreaks) -> Cluster {
         let registry = Arc::new(Registry::default());
         for name in names {
             registry
@@ -101,6 +107,7 @@ impl Cluster {
                 data_dir: dir.path().to_path_buf(),
                 vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
                 peers: Some(peers),
+                test_breaks,
             })
             .await
             .unwrap();
@@ -511,4 +518,229 @@ async fn schedulers_place_by_labels_and_policy_and_say_why_they_cannot() {
     };
     assert!(reason.contains("zone=mars"), "{reason}");
     cluster.node("node-b").terminate("nowhere").await.unwrap();
+}
+
+/// A description whose only domain is named after the node it was deployed through.
+fn through(node: &str) -> String {
+    let component = node.replace('-', "_");
+    format!(
+        r#"sfConfig extends Compound {{
+             {component} extends ProcessDomain {{ command [| "/bin/sleep", "300" |]; }}
+           }}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deploys_of_one_name_through_two_nodes_are_never_both_acknowledged() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    let request = |node: &str, name: &str| DeployRequest {
+        name: name.into(),
+        description: format!("#include \"prelude.sf\"\n{}", through(node)),
+        source: format!("{name}.sf"),
+    };
+    let mut winners = Vec::new();
+    for round in 0..20 {
+        let name = format!("race{round}");
+        // Alternate which one is fired first.
+        let (first, second) = if round % 2 == 0 {
+            ("node-a", "node-b")
+        } else {
+            ("node-b", "node-a")
+        };
+        let (one, two) = tokio::join!(
+            cluster.node(first).deploy(request(first, &name)),
+            cluster.node(second).deploy(request(second, &name)),
+        );
+        let acknowledged: Vec<&str> = [(first, &one), (second, &two)]
+            .iter()
+            .filter(|(_, outcome)| outcome.is_ok())
+            .map(|(node, _)| *node)
+            .collect();
+        assert!(
+            acknowledged.len() <= 1,
+            "{name}: both acknowledged ({one:?}, {two:?})"
+        );
+        // A refusal is the conflict, naming the deployment and the other node.
+        for (node, outcome) in [(first, &one), (second, &two)] {
+            let Err(error) = outcome else { continue };
+            let other = if node == first { second } else { first };
+            assert!(
+                matches!(error, sd_runtime::Error::Exists { .. }),
+                "{name} through {node}: {error}"
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("\"{name}\"")) && text.contains(&format!("\"{other}\"")),
+                "{name} through {node}: {text}"
+            );
+        }
+        if let [winner] = acknowledged[..] {
+            winners.push((name, winner));
+        }
+    }
+    // Rarely both are refused (each holding the other off); almost always one wins.
+    assert!(winners.len() >= 15, "only {} of 20 won", winners.len());
+    for (name, winner) in &winners {
+        let domain = format!("sfConfig:{}", winner.replace('-', "_"));
+        let status = cluster
+            .wait("node-c", name, |s| {
+                s.deployment.state == DeploymentState::Running
+                    && s.components
+                        .iter()
+                        .any(|c| c.path == domain && c.state == ComponentState::Running)
+            })
+            .await;
+        assert_eq!(status.deployment.root_node, *winner, "{status:#?}");
+        assert_eq!(status.components.len(), 2, "{status:#?}");
+    }
+    // Still the winner's a moment later: no root stepped down.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for (name, winner) in &winners {
+        let status = cluster.node("node-c").cluster_status(name).await.unwrap();
+        assert_eq!(status.deployment.root_node, *winner, "{status:#?}");
+        assert_eq!(status.deployment.state, DeploymentState::Running);
+        cluster.node("node-c").terminate(name).await.unwrap();
+    }
+    // A terminated name can be deployed again at once, through another node.
+    let (name, winner) = &winners[0];
+    let other = if *winner == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    cluster
+        .node(other)
+        .deploy(request(other, name))
+        .await
+        .unwrap();
+    cluster.node(other).terminate(name).await.unwrap();
+    for node in ["node-a", "node-b", "node-c"] {
+        assert!(cluster.node(node).deployments().is_empty(), "{node}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_needs_a_majority_of_the_known_members() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    // One of three down: two grants of three are a majority.
+    cluster.set_alive("node-c", false);
+    cluster
+        .deploy("node-a", "one-down", &through("node-a"))
+        .await;
+    cluster
+        .wait("node-a", "one-down", |s| {
+            s.deployment.state == DeploymentState::Running
+        })
+        .await;
+    cluster.node("node-a").terminate("one-down").await.unwrap();
+    // Two of three down: refused, naming a node that could not be asked.
+    cluster.set_alive("node-b", false);
+    let refused = cluster
+        .node("node-a")
+        .deploy(DeployRequest {
+            name: "two-down".into(),
+            description: format!("#include \"prelude.sf\"\n{}", through("node-a")),
+            source: "two-down.sf".into(),
+        })
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, sd_runtime::Error::Remote { .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"two-down\"") && text.contains("majority of the 3 known nodes"),
+        "{text}"
+    );
+    assert!(cluster.node("node-a").deployments().is_empty());
+}
+
+/// Deploys a pool spread over the three nodes, cuts node-c off while the others restart its
+/// workers, heals, and waits a few owner-check rounds: the pids of node-c's old workers and
+/// whether each is still alive.
+async fn cut_off_and_heal(cluster: &Cluster, name: &str) -> Vec<(u32, bool)> {
+    cluster.deploy("node-a", name, SCHEDULED_POOL).await;
+    let running = |s: &DeploymentStatus| {
+        s.deployment.state == DeploymentState::Running
+            && s.components
+                .iter()
+                .filter(|c| c.path.ends_with(":worker") && c.state == ComponentState::Running)
+                .count()
+                == 4
+    };
+    let before = cluster.wait("node-a", name, running).await;
+    let cut_off: Vec<u32> = before
+        .components
+        .iter()
+        .filter(|c| c.path.ends_with(":worker") && c.node == "node-c")
+        .filter_map(|c| c.pid)
+        .collect();
+    assert!(!cut_off.is_empty(), "{before:#?}");
+    cluster.set_alive("node-c", false);
+    cluster.node("node-a").peer_lost("node-c");
+    cluster.node("node-b").peer_lost("node-c");
+    cluster
+        .wait("node-a", name, |s| {
+            running(s)
+                && s.components
+                    .iter()
+                    .filter(|c| c.path.ends_with(":worker"))
+                    .all(|c| c.node != "node-c")
+        })
+        .await;
+    cluster.set_alive("node-c", true);
+    // Owner checks run every ~2 s.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cut_off
+        .into_iter()
+        .map(|pid| (pid, process_alive(pid)))
+        .collect()
+}
+
+fn kill_all(pids: &[(u32, bool)]) {
+    for (pid, _) in pids {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_restarted_elsewhere_are_stopped_on_the_node_that_was_cut_off() {
+    let cluster = Cluster::new(&["node-a", "node-b", "node-c"]).await;
+    let old = cut_off_and_heal(&cluster, "owned").await;
+    assert!(old.iter().all(|(_, alive)| !alive), "{old:?}");
+    cluster.node("node-a").terminate("owned").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_owner_checks_break_leaves_duplicates_after_the_heal() {
+    let breaks = TestBreaks {
+        no_owner_checks: true,
+        ..TestBreaks::default()
+    };
+    let cluster = Cluster::with_breaks(&["node-a", "node-b", "node-c"], breaks).await;
+    let old = cut_off_and_heal(&cluster, "doubled").await;
+    assert!(old.iter().all(|(_, alive)| *alive), "{old:?}");
+    // node-c still reports its instances running, while the root runs all four elsewhere.
+    let on_c = cluster.node("node-c").status("doubled").unwrap();
+    let doubled: Vec<&str> = on_c
+        .components
+        .iter()
+        .filter(|c| c.path.ends_with(":worker"))
+        .filter(|c| c.node == "node-c" && c.state == ComponentState::Running)
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(doubled.len(), old.len(), "{on_c:#?}");
+    // The root's own records say where each replica runs now (a merged view would take
+    // node-c's word for its instances): elsewhere.
+    let root = cluster.node("node-a").status("doubled").unwrap();
+    for path in doubled {
+        let replica = path.trim_end_matches(":worker");
+        assert_ne!(component(&root, replica).node, "node-c", "{root:#?}");
+    }
+    cluster.node("node-a").terminate("doubled").await.unwrap();
+    kill_all(&old);
 }

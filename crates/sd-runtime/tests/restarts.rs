@@ -157,6 +157,51 @@ async fn exceeding_the_intensity_escalates_to_the_parent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_no_restart_intensity_break_restarts_beyond_the_declared_intensity() {
+    let t = TestNode::with_breaks(sd_runtime::TestBreaks {
+        no_restart_intensity: true,
+        ..Default::default()
+    })
+    .await;
+    t.deploy(
+        "n",
+        r#"sfConfig extends Compound {
+             sdMaxRestarts 2;
+             sdRestartBackoff 0.01;
+             sdRestartBackoffMax 0.02;
+             crash extends ProcessDomain { command [| "/bin/sh", "-c", "exit 1" |]; }
+           }"#,
+    )
+    .await
+    .unwrap();
+    // Far more than the 2 restarts declared, and the parent does not give up.
+    let status = t
+        .wait("n", |s| {
+            s.components
+                .iter()
+                .any(|c| c.path == "sfConfig:crash" && c.restarts >= 8)
+        })
+        .await;
+    assert!(
+        !matches!(status.deployment.state, DeploymentState::Failed { .. }),
+        "{status:#?}"
+    );
+    // What the checker compares the restarts with: the declared intensity, unchanged.
+    let declared = component(&status, "sfConfig").supervision.clone().unwrap();
+    assert_eq!(
+        (
+            declared.strategy.as_str(),
+            declared.max_restarts,
+            declared.window_ms
+        ),
+        ("one_for_one", 2, 60_000)
+    );
+    assert!(component(&status, "sfConfig:crash").supervision.is_none());
+    t.node.terminate("n").await.unwrap();
+    assert!(t.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_back_off_exponentially() {
     let t = TestNode::new().await;
     t.deploy(

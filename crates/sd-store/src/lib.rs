@@ -19,6 +19,14 @@
 //!   the same transaction.
 //! - One agent per file: a second [`Store::open`] of a file that is open (in this process or
 //!   another) fails with [`Error::Locked`] instead of sharing it.
+//! - **A full disk fails writes, clearly; once there is room again the store works without an
+//!   agent restart; nothing committed is lost.** A write that fails for want of space returns
+//!   an error for which [`Error::is_disk_full`] is true, and writes nothing. redb refuses every
+//!   transaction of a database after one I/O error, so after any I/O failure the store closes
+//!   its database and opens the file again (same path, same one-agent lock, integrity checked):
+//!   the next write succeeds as soon as the disk has room, and every write that returned `Ok`
+//!   before the failure is still there. Until then each call fails with the disk-full error
+//!   (or tries the reopen again).
 //! - Nothing read from the file panics: a file that is not a store or is damaged (every
 //!   checksum is verified at open) is an [`Error::NotAStore`], and a record that does not
 //!   decode is an [`Error::Decode`] naming its table and key.
@@ -95,6 +103,19 @@ pub enum Error {
         path: PathBuf,
         /// The first failure.
         reason: String,
+        /// Whether that failure was an I/O error (the store then reopens its file).
+        io_failure: bool,
+        /// Whether that failure was the disk being full ([`Error::is_disk_full`]).
+        disk_full: bool,
+    },
+    /// The store closed its database after an I/O failure and could not open it again yet; the
+    /// next call tries again.
+    #[error("the store `{path}` is closed after an I/O error and not reopened yet: {reason}")]
+    Closed {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not open again.
+        reason: &'static str,
     },
     /// A record read from the store is not valid JSON of its type.
     #[error("cannot decode the record at key \"{key}\" of table `{table}`: {source}")]
@@ -138,6 +159,45 @@ pub enum Error {
         /// The component's path.
         path: String,
     },
+}
+
+impl Error {
+    /// Whether this failure is the disk (or file system) of the store being full: an
+    /// `ENOSPC` ([`std::io::ErrorKind::StorageFull`]) I/O error, from the file system or from
+    /// redb. Such a write wrote nothing and can be made again once there is room.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => io_is_disk_full(source),
+            Error::Database { source, .. } => match source.as_ref() {
+                redb::Error::Io(source) => io_is_disk_full(source),
+                _ => false,
+            },
+            Error::BatchFailed { disk_full, .. } => *disk_full,
+            _ => false,
+        }
+    }
+
+    /// Whether this failure is an I/O error of the database, after which redb fails every
+    /// later transaction until the database is opened again.
+    pub(crate) fn is_io_failure(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => matches!(
+                source.as_ref(),
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+            ),
+            Error::BatchFailed { io_failure, .. } => *io_failure,
+            _ => false,
+        }
+    }
+}
+
+/// Whether `error` (or the I/O error it wraps) says that there is no space left.
+fn io_is_disk_full(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::StorageFull
+        || error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+            .is_some_and(io_is_disk_full)
 }
 
 /// `Result` with this crate's [`Error`].

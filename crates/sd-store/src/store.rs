@@ -7,6 +7,9 @@
 //! - `meta`: name -> `u64` (`format`, `generation`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, DatabaseError, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -36,12 +39,39 @@ const GENERATION_KEY: &str = "generation";
 /// change the format; changing the meaning of a table or key does.
 pub const FORMAT_VERSION: u64 = 1;
 
+/// How long a reopen waits for the calls still using the failed database to end. They end
+/// soon (that database fails them at once; new calls wait for the reopen), unless one is made
+/// from inside a [`Store::batch`] closure, which this bound keeps from hanging.
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
 /// A node's durable state. `Send + Sync`: share one with an `Arc`. Writes are serialised
 /// (one write transaction at a time); reads run concurrently with them and see the last
 /// committed state.
+///
+/// After an I/O failure (a full disk ...), redb fails every later transaction of the same
+/// `Database` ("previous I/O error"), even once the cause is gone. So the store closes its
+/// database after such a failure and opens the file again (with the integrity check of
+/// [`Store::open`]): the next call works as soon as the disk does. If that reopen fails too
+/// (the disk is still full), the next call tries again.
 pub struct Store {
-    db: Database,
+    handle: RwLock<Handle>,
+    /// Held by the call that reopens the database, for the whole reopen.
+    reopening: Mutex<()>,
+    /// Set during a reopen: new calls wait for it (on `reopening`) instead of taking the
+    /// read lock, so that the reopen gets the lock once the calls in flight are done.
+    gate: AtomicBool,
     path: PathBuf,
+}
+
+/// The open database, behind the store's lock: calls share it (read lock); a reopen takes it
+/// alone (write lock), so that the old database, and the file lock it holds, is gone before
+/// the file is opened again.
+struct Handle {
+    /// `None` after a reopen failed: the next call tries again.
+    db: Option<Database>,
+    /// How many times the file was opened: a call that failed on open number `n` reopens only
+    /// if no other call has done it since.
+    opened: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -60,8 +90,20 @@ fn db_error<E: Into<redb::Error>>(action: &'static str, path: &Path) -> impl FnO
     }
 }
 
+/// Opens (or creates) the redb file at `path`, checking every checksum. `action` says what
+/// is being done, for an I/O error ("cannot open the store" ...).
+fn open_database(path: &Path, action: &'static str) -> Result<Database> {
+    // Without the integrity check, redb trusts a file it did not see damaged and may panic on
+    // a damaged page; with it, the open verifies every checksum (a few ms for a node's state)
+    // and reports damage as an error.
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|error| open_error(path, action, error))
+}
+
 /// What a failed [`Database::create`] means to the user.
-fn open_error(path: &Path, error: DatabaseError) -> Error {
+fn open_error(path: &Path, action: &'static str, error: DatabaseError) -> Error {
     let path = path.to_path_buf();
     match error {
         DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
@@ -92,12 +134,12 @@ fn open_error(path: &Path, error: DatabaseError) -> Error {
             }
         }
         DatabaseError::Storage(StorageError::Io(source)) => Error::Io {
-            action: "cannot open the store",
+            action,
             path,
             source,
         },
         other => Error::Database {
-            action: "cannot open",
+            action,
             path,
             source: Box::new(other.into()),
         },
@@ -201,14 +243,16 @@ impl Store {
                 source,
             })?;
         }
-        // Without the integrity check, redb trusts a file it did not see damaged and may
-        // panic on a damaged page; with it, the open verifies every checksum (a few ms for a
-        // node's state) and reports damage as an error.
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(&path)
-            .map_err(|error| open_error(&path, error))?;
-        let store = Store { db, path };
+        let db = open_database(&path, "cannot open the store")?;
+        let store = Store {
+            handle: RwLock::new(Handle {
+                db: Some(db),
+                opened: 1,
+            }),
+            reopening: Mutex::new(()),
+            gate: AtomicBool::new(false),
+            path,
+        };
         store.initialise()?;
         Ok(store)
     }
@@ -248,6 +292,104 @@ impl Store {
         &self.path
     }
 
+    /// The store's lock, for a call (shared), after any reopen under way. A panic while it
+    /// was held for a reopen left a handle that is either open or `None`: both are usable.
+    fn handle(&self) -> RwLockReadGuard<'_, Handle> {
+        if self.gate.load(Ordering::Acquire) {
+            // Waits for the reopen (bounded: it gives up after `REOPEN_WAIT`).
+            drop(
+                self.reopening
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+        self.handle.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store's lock, alone, for a reopen; `None` if the calls using the database did not
+    /// end within [`REOPEN_WAIT`]. It is not waited for in the lock's queue, where it would
+    /// deadlock with a call that takes the lock again while holding it (a call made from
+    /// inside a batch closure); new calls wait on the gate instead.
+    fn handle_alone(&self) -> Option<RwLockWriteGuard<'_, Handle>> {
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match self.handle.try_write() {
+                Ok(handle) => return Some(handle),
+                Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        }
+    }
+
+    /// Closes the database and opens the file again, unless another call did it since open
+    /// number `seen` (the one that failed, or was found closed). The caller holds no guard.
+    fn reopen(&self, seen: u64) -> Result<()> {
+        let _reopening = self
+            .reopening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.gate.store(true, Ordering::Release);
+        let reopened = self.reopen_alone(seen);
+        self.gate.store(false, Ordering::Release);
+        reopened
+    }
+
+    fn reopen_alone(&self, seen: u64) -> Result<()> {
+        let Some(mut handle) = self.handle_alone() else {
+            return Err(Error::Closed {
+                path: self.path.clone(),
+                reason: "it is still in use (is the store called from inside a batch?)",
+            });
+        };
+        if handle.opened != seen && handle.db.is_some() {
+            return Ok(());
+        }
+        // Dropping the database closes the file and releases its lock, which the new open
+        // would otherwise find taken. Nothing is lost: what was committed is in the file, and
+        // the failed transaction was never committed.
+        drop(handle.db.take());
+        handle.opened += 1;
+        handle.db = Some(open_database(
+            &self.path,
+            "cannot reopen the store after an I/O error",
+        )?);
+        Ok(())
+    }
+
+    /// Runs `op` on the database, reopening it first if it is closed, and after `op` if `op`
+    /// failed with an I/O error (so that the next call finds it working again).
+    fn with_db<T>(&self, op: impl FnOnce(&Database, &Path) -> Result<T>) -> Result<T> {
+        let mut handle = self.handle();
+        // A few rounds, in case another call's reopen fails between ours and this call.
+        for _ in 0..3 {
+            if handle.db.is_some() {
+                break;
+            }
+            let seen = handle.opened;
+            drop(handle);
+            self.reopen(seen)?;
+            handle = self.handle();
+        }
+        let Some(db) = handle.db.as_ref() else {
+            return Err(Error::Closed {
+                path: self.path.clone(),
+                reason: "reopening it failed (see the errors of other calls); the next call tries again",
+            });
+        };
+        let opened = handle.opened;
+        let result = op(db, &self.path);
+        drop(handle);
+        if result.as_ref().is_err_and(Error::is_io_failure) {
+            // A reopen that fails (the disk still full) leaves the database closed, and the
+            // next call tries again and reports it.
+            let _ = self.reopen(opened);
+        }
+        result
+    }
+
     /// Runs `f` in one write transaction and commits it durably if `f` succeeds; otherwise
     /// the transaction is aborted and nothing is written.
     fn write<T>(
@@ -255,27 +397,27 @@ impl Store {
         action: &'static str,
         f: impl FnOnce(&WriteTransaction, &Path) -> Result<T>,
     ) -> Result<T> {
-        let path = self.path.as_path();
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(db_error("cannot begin a write transaction", path))?;
-        // The default, said out loud: `commit` returns only once the data is on disk (INV-2).
-        txn.set_durability(Durability::Immediate)
-            .map_err(db_error(action, path))?;
-        let value = f(&txn, path)?; // On error, dropping `txn` aborts it.
-        txn.commit().map_err(db_error(action, path))?;
-        Ok(value)
+        self.with_db(|db, path| {
+            let mut txn = db
+                .begin_write()
+                .map_err(db_error("cannot begin a write transaction", path))?;
+            // The default, said out loud: `commit` returns only once the data is on disk (INV-2).
+            txn.set_durability(Durability::Immediate)
+                .map_err(db_error(action, path))?;
+            let value = f(&txn, path)?; // On error, dropping `txn` aborts it.
+            txn.commit().map_err(db_error(action, path))?;
+            Ok(value)
+        })
     }
 
     /// Runs `f` on a read transaction (a snapshot of the last commit).
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction, &Path) -> Result<T>) -> Result<T> {
-        let path = self.path.as_path();
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(db_error("cannot begin a read transaction", path))?;
-        f(&txn, path)
+        self.with_db(|db, path| {
+            let txn = db
+                .begin_read()
+                .map_err(db_error("cannot begin a read transaction", path))?;
+            f(&txn, path)
+        })
     }
 
     /// Increments the node's generation and returns it (1 for the first agent start). Each
@@ -319,10 +461,12 @@ impl Store {
         self.write("cannot commit", |txn, path| {
             let mut batch = Batch::open(txn, path)?;
             let value = f(&mut batch)?;
-            if let Some(reason) = batch.failed {
+            if let Some(failed) = batch.failed {
                 return Err(Error::BatchFailed {
                     path: path.to_path_buf(),
-                    reason,
+                    reason: failed.reason,
+                    io_failure: failed.io_failure,
+                    disk_full: failed.disk_full,
                 });
             }
             Ok(value)
@@ -402,7 +546,17 @@ pub struct Batch<'txn> {
     components: Table<'txn, &'static str, &'static str>,
     path: &'txn Path,
     /// The first database failure of a write, if any: the batch must not be committed.
-    failed: Option<String>,
+    failed: Option<Spoiled>,
+}
+
+/// The first database failure of a batch's writes.
+struct Spoiled {
+    /// The failure's message.
+    reason: String,
+    /// Whether it was an I/O error.
+    io_failure: bool,
+    /// Whether it was the disk being full.
+    disk_full: bool,
 }
 
 impl std::fmt::Debug for Batch<'_> {
@@ -428,7 +582,11 @@ impl<'txn> Batch<'txn> {
     /// Notes a database failure of a write (which may have done part of its work).
     fn check<T>(&mut self, result: Result<T>) -> Result<T> {
         if let Err(error @ Error::Database { .. }) = &result {
-            self.failed.get_or_insert_with(|| error.to_string());
+            self.failed.get_or_insert_with(|| Spoiled {
+                reason: error.to_string(),
+                io_failure: error.is_io_failure(),
+                disk_full: error.is_disk_full(),
+            });
         }
         result
     }
@@ -566,9 +724,90 @@ mod tests {
                 Ok(())
             })
             .unwrap_err();
-        assert!(matches!(error, Error::BatchFailed { .. }), "{error}");
+        assert!(
+            matches!(
+                error,
+                Error::BatchFailed {
+                    io_failure: true,
+                    disk_full: false,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert!(error.to_string().contains("disk full"), "{error}");
         assert_eq!(store.deployment("web").unwrap(), None);
+        // An I/O failure reopens the database, and the store works on.
+        assert_eq!(store.handle().opened, 2);
+        store.put_deployment(&deployment("web")).unwrap();
+        assert!(store.deployment("web").unwrap().is_some());
+    }
+
+    #[test]
+    fn disk_full_is_recognised_from_the_error_kind_not_the_text() {
+        let path = PathBuf::from("/d/node.redb");
+        let database = |source: redb::Error| Error::Database {
+            action: "cannot commit",
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let enospc = || std::io::Error::from_raw_os_error(28);
+        assert!(database(redb::Error::Io(enospc())).is_disk_full());
+        assert!(database(StorageError::Io(enospc()).into()).is_disk_full());
+        let wrapped = std::io::Error::other(enospc());
+        assert!(database(redb::Error::Io(wrapped)).is_disk_full());
+        let io = Error::Io {
+            action: "cannot open the store",
+            path: path.clone(),
+            source: enospc(),
+        };
+        assert!(io.is_disk_full());
+        let eio = database(redb::Error::Io(std::io::Error::from_raw_os_error(5)));
+        assert!(!eio.is_disk_full() && eio.is_io_failure());
+        let text = database(redb::Error::Io(std::io::Error::other(
+            "No space left on device",
+        )));
+        assert!(!text.is_disk_full());
+        assert!(database(redb::Error::PreviousIo).is_io_failure());
+        assert!(!database(redb::Error::PreviousIo).is_disk_full());
+        assert!(!database(redb::Error::Corrupted("x".into())).is_io_failure());
+    }
+
+    #[test]
+    fn a_closed_database_is_reopened_by_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let store = Store::open(&path).unwrap();
+        store.put_deployment(&deployment("web")).unwrap();
+        // As a reopen refused by a full disk leaves it.
+        store.handle.write().unwrap().db = None;
+        assert!(store.deployment("web").unwrap().is_some());
+        store.put_deployment(&deployment("db")).unwrap();
+        assert_eq!(store.handle().opened, 2);
+        assert!(matches!(Store::open(&path), Err(Error::Locked(_))));
+    }
+
+    #[test]
+    fn a_failed_reopen_is_reported_and_tried_again_by_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let aside = dir.path().join("aside.redb");
+        let store = Store::open(&path).unwrap();
+        store.put_deployment(&deployment("web")).unwrap();
+        store.handle.write().unwrap().db = None;
+        // The file cannot be opened for now: each call says so.
+        std::fs::rename(&path, &aside).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        for _ in 0..2 {
+            let error = store.deployment("web").unwrap_err();
+            assert!(matches!(error, Error::Io { .. }), "{error:?}");
+            assert!(error.to_string().contains("cannot reopen"), "{error}");
+            assert!(!error.is_disk_full());
+        }
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        assert!(store.deployment("web").unwrap().is_some());
+        store.put_deployment(&deployment("db")).unwrap();
     }
 
     #[test]

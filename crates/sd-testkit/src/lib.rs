@@ -10,6 +10,7 @@
 //! table is removed.
 
 mod api;
+mod disk;
 mod partition;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use api::Probe;
+use disk::SmallDisk;
 pub use partition::Partition;
 use sd_proto::{DeploymentStatus, DeploymentSummary, MemberInfo};
 
@@ -87,15 +90,24 @@ impl LocalNode {
         format!("http://127.0.0.1:{}", self.api_port)
     }
 
+    /// A handle that reads this node's API from any thread, with a deadline of its own.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            name: self.name.clone(),
+            url: self.url(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+
     /// The process id of its agent, while it runs.
     pub fn agent_pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// The domain processes it started that still run (its workloads, by the data dir
-    /// they carry in their environment), with their `SD_COMPONENT`.
-    pub fn workloads(&self) -> Vec<(u32, String)> {
-        workloads_of(&self.data_dir)
+    /// they carry in their environment).
+    pub fn workloads(&self) -> Vec<Workload> {
+        workloads_of(&self.name, &self.data_dir)
     }
 }
 
@@ -107,6 +119,18 @@ pub struct LocalCluster {
     /// Extra arguments every agent gets (`--vm-accelerator tcg` ...).
     agent_args: Vec<String>,
     partition: Option<Partition>,
+    /// Data dirs on tmpfs mounts of their own, unmounted when the cluster is dropped.
+    small_disks: Vec<SmallDisk>,
+}
+
+/// How a [`LocalCluster`] is started.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Extra arguments every agent gets (`--chaos`, `--vm-accelerator tcg` ...).
+    pub agent_args: Vec<String>,
+    /// Nodes whose data dir is a tmpfs of that many MiB, to be filled up
+    /// ([`LocalCluster::fill_disk`]).
+    pub small_disks: Vec<(String, u64)>,
 }
 
 /// How long an agent may take to come up.
@@ -126,6 +150,20 @@ impl LocalCluster {
         dir: &Path,
         names: &[&str],
         agent_args: &[&str],
+    ) -> Result<LocalCluster> {
+        let options = Options {
+            agent_args: agent_args.iter().map(ToString::to_string).collect(),
+            ..Options::default()
+        };
+        Self::start_opts(binary, dir, names, &options)
+    }
+
+    /// [`LocalCluster::start`] with [`Options`].
+    pub fn start_opts(
+        binary: &Path,
+        dir: &Path,
+        names: &[&str],
+        options: &Options,
     ) -> Result<LocalCluster> {
         let pki = dir.join("pki");
         let first = names
@@ -158,9 +196,14 @@ impl LocalCluster {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             nodes,
-            agent_args: agent_args.iter().map(ToString::to_string).collect(),
+            agent_args: options.agent_args.clone(),
             partition: None,
+            small_disks: Vec::new(),
         };
+        for (name, mib) in &options.small_disks {
+            let data_dir = cluster.node(name)?.data_dir.clone();
+            cluster.small_disks.push(SmallDisk::mount(&data_dir, *mib)?);
+        }
         for name in names {
             cluster.launch(name)?;
         }
@@ -348,8 +391,8 @@ impl LocalCluster {
     pub fn kill_machine(&mut self, name: &str) -> Result<()> {
         self.kill_agent(name)?;
         let node = self.node(name)?;
-        for (pid, _) in node.workloads() {
-            signal(pid, "KILL");
+        for workload in node.workloads() {
+            signal(workload.pid, "KILL");
         }
         Ok(())
     }
@@ -366,23 +409,63 @@ impl LocalCluster {
     /// Cuts the cluster in two: nothing passes between a node of `one` and a node of `other`
     /// (both ways), until [`LocalCluster::heal`].
     pub fn partition(&mut self, one: &[&str], other: &[&str]) -> Result<()> {
-        let ports = |names: &[&str]| -> Result<Vec<u16>> {
-            let mut ports = Vec::new();
-            for name in names {
-                let node = self.node(name)?;
-                ports.extend([node.gossip_port, node.peer_port]);
-            }
-            Ok(ports)
-        };
-        let (one, other) = (ports(one)?, ports(other)?);
+        let (one, other) = (self.ports(one)?, self.ports(other)?);
         self.heal();
         self.partition = Some(Partition::cut(&one, &other)?);
         Ok(())
     }
 
+    /// Cuts one direction only: nothing `from` sends reaches `to`; what `to` sends still
+    /// arrives. Replaces any partition in force, until [`LocalCluster::heal`].
+    pub fn partition_one_way(&mut self, from: &[&str], to: &[&str]) -> Result<()> {
+        let (from, to) = (self.ports(from)?, self.ports(to)?);
+        self.heal();
+        self.partition = Some(Partition::cut_one_way(&from, &to)?);
+        Ok(())
+    }
+
+    fn ports(&self, names: &[&str]) -> Result<Vec<u16>> {
+        let mut ports = Vec::new();
+        for name in names {
+            let node = self.node(name)?;
+            ports.extend([node.gossip_port, node.peer_port]);
+        }
+        Ok(ports)
+    }
+
     /// Removes the partition, if any.
     pub fn heal(&mut self) {
         self.partition = None;
+    }
+
+    /// Sets the faults node `name` injects into its gossip and QUIC traffic from now on (its
+    /// agent must run with `--chaos`); [`sd_proto::FaultSettings::default`] removes them.
+    pub fn set_faults(&self, name: &str, faults: &sd_proto::FaultSettings) -> Result<()> {
+        api::put(self.node(name)?, "/chaos/faults", faults)
+    }
+
+    /// Fills node `name`'s data dir, which must be a small disk ([`Options::small_disks`]),
+    /// until no byte is left. Returns how many bytes it wrote.
+    pub fn fill_disk(&self, name: &str) -> Result<u64> {
+        let data_dir = &self.node(name)?.data_dir;
+        let disk = self
+            .small_disks
+            .iter()
+            .find(|disk| disk.path() == data_dir)
+            .ok_or_else(|| Error::Command {
+                command: format!("fill the disk of {name}"),
+                reason: "its data dir is not a small disk of this cluster".into(),
+            })?;
+        disk.fill()
+    }
+
+    /// Frees what [`LocalCluster::fill_disk`] took.
+    pub fn free_disk(&self, name: &str) -> Result<()> {
+        let data_dir = &self.node(name)?.data_dir;
+        match self.small_disks.iter().find(|disk| disk.path() == data_dir) {
+            Some(disk) => disk.free(),
+            None => Ok(()),
+        }
     }
 
     /// GET on a node's API (`path` below `/v1`).
@@ -439,12 +522,40 @@ impl LocalCluster {
 
     /// Deploys `description` (text) as `deployment` from `name`.
     pub fn deploy(&self, name: &str, deployment: &str, description: &str) -> Result<()> {
+        self.deploy_from_source(name, deployment, description, &format!("{deployment}.sf"))
+    }
+
+    /// [`LocalCluster::deploy`], naming the description's source (what `sd status` shows).
+    pub fn deploy_from_source(
+        &self,
+        name: &str,
+        deployment: &str,
+        description: &str,
+        source: &str,
+    ) -> Result<()> {
         let request = sd_proto::DeployRequest {
             name: deployment.to_string(),
             description: description.to_string(),
-            source: format!("{deployment}.sf"),
+            source: source.to_string(),
         };
         api::post(self.node(name)?, "/deployments", &request)
+    }
+
+    /// The agents that exited although nobody stopped them, with how they ended (each
+    /// reported once: the node counts as down from then on).
+    pub fn exited_agents(&mut self) -> Vec<(String, String)> {
+        let mut exited = Vec::new();
+        for node in &mut self.nodes {
+            let status = node
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = status {
+                node.child = None;
+                exited.push((node.name.clone(), status.to_string()));
+            }
+        }
+        exited
     }
 
     /// Terminates `deployment` from `name` and waits until it is gone.
@@ -469,16 +580,9 @@ impl LocalCluster {
             })
     }
 
-    /// Every workload process of every node: (node, pid, component).
-    pub fn all_workloads(&self) -> Vec<(String, u32, String)> {
-        self.nodes
-            .iter()
-            .flat_map(|node| {
-                node.workloads()
-                    .into_iter()
-                    .map(|(pid, component)| (node.name.clone(), pid, component))
-            })
-            .collect()
+    /// Every workload process of every node.
+    pub fn all_workloads(&self) -> Vec<Workload> {
+        self.nodes.iter().flat_map(LocalNode::workloads).collect()
     }
 }
 
@@ -489,6 +593,8 @@ impl Drop for LocalCluster {
         for name in names {
             let _ = self.kill_machine(&name);
         }
+        // The small disks unmount when dropped, after every process on them is gone.
+        self.small_disks.clear();
     }
 }
 
@@ -539,7 +645,8 @@ fn fastish_jitter() -> u16 {
     STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8 * 400
 }
 
-fn signal(pid: u32, signal: &str) {
+/// Sends `signal` (`KILL`, `STOP`, ...) to a process; one that is gone already is fine.
+pub fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .stdout(Stdio::null())
@@ -556,36 +663,75 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// The processes that carry `SD_DATA_DIR=<data_dir>` in their environment (what an agent on
-/// that data dir started), with their `SD_COMPONENT`.
-pub fn workloads_of(data_dir: &Path) -> Vec<(u32, String)> {
+/// A domain process (or VM) an agent started, found by the marks in its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The node whose agent started it.
+    pub node: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its deployment (`SD_DEPLOYMENT`).
+    pub deployment: String,
+    /// Its component's path (`SD_COMPONENT`).
+    pub component: String,
+    /// Whether its parent is a workload of the same component (a process the domain's own
+    /// process started): one instance of a domain may be several processes.
+    pub child_of_workload: bool,
+}
+
+/// The processes that carry `SD_DATA_DIR=<data_dir>` in their environment: what the agent of
+/// node `node` on that data dir started.
+pub fn workloads_of(node: &str, data_dir: &Path) -> Vec<Workload> {
     let marker = format!("SD_DATA_DIR={}", data_dir.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
+    let found: Vec<(Workload, u32)> = entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After the command's name: the state, then the parent's pid.
+            let (_, rest) = stat.rsplit_once(") ")?;
+            let mut fields = rest.split_whitespace();
             // A zombie has ended already.
-            if stat
-                .rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'))
-            {
+            if fields.next()? == "Z" {
                 return None;
             }
+            let ppid: u32 = fields.next()?.parse().ok()?;
             let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
             let mut marked = false;
-            let mut component = String::new();
+            let mut workload = Workload {
+                node: node.to_string(),
+                pid,
+                deployment: String::new(),
+                component: String::new(),
+                child_of_workload: false,
+            };
             for entry in environ.split(|&byte| byte == 0) {
                 if entry == marker.as_bytes() {
                     marked = true;
                 }
                 if let Some(value) = entry.strip_prefix(b"SD_COMPONENT=") {
-                    component = String::from_utf8_lossy(value).into_owned();
+                    workload.component = String::from_utf8_lossy(value).into_owned();
+                }
+                if let Some(value) = entry.strip_prefix(b"SD_DEPLOYMENT=") {
+                    workload.deployment = String::from_utf8_lossy(value).into_owned();
                 }
             }
-            marked.then_some((pid, component))
+            marked.then_some((workload, ppid))
+        })
+        .collect();
+    let roots: std::collections::HashMap<u32, (String, String)> = found
+        .iter()
+        .map(|(w, _)| (w.pid, (w.deployment.clone(), w.component.clone())))
+        .collect();
+    found
+        .into_iter()
+        .map(|(mut workload, ppid)| {
+            workload.child_of_workload = roots.get(&ppid).is_some_and(|(deployment, component)| {
+                *deployment == workload.deployment && *component == workload.component
+            });
+            workload
         })
         .collect()
 }

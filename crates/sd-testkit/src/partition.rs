@@ -1,5 +1,5 @@
 //! Partitions made of nftables rules: every UDP datagram between a port of one side and a
-//! port of the other is dropped, both ways, on loopback. The rules live in a table of their
+//! port of the other is dropped, both ways or one way only, on loopback. The rules live in a table of their
 //! own, removed when the [`Partition`] is dropped.
 
 use std::io::Write;
@@ -16,6 +16,15 @@ pub struct Partition {
 impl Partition {
     /// Drops every datagram between a port of `one` and a port of `other`.
     pub fn cut(one: &[u16], other: &[u16]) -> Result<Partition> {
+        Self::install(one, other, true)
+    }
+
+    /// Drops every datagram from a port of `from` to a port of `to`; the other way passes.
+    pub fn cut_one_way(from: &[u16], to: &[u16]) -> Result<Partition> {
+        Self::install(from, to, false)
+    }
+
+    fn install(one: &[u16], other: &[u16], both_ways: bool) -> Result<Partition> {
         // One table per partition: tests in one process may cut clusters of their own.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -28,8 +37,13 @@ impl Partition {
                 .join(", ")
         };
         let (a, b) = (set(one), set(other));
+        let back = if both_ways {
+            format!("    udp sport {{ {b} }} udp dport {{ {a} }} drop\n")
+        } else {
+            String::new()
+        };
         let rules = format!(
-            "table inet {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    udp sport {{ {a} }} udp dport {{ {b} }} drop\n    udp sport {{ {b} }} udp dport {{ {a} }} drop\n  }}\n}}\n"
+            "table inet {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n    udp sport {{ {a} }} udp dport {{ {b} }} drop\n{back}  }}\n}}\n"
         );
         nft(&["-f", "-"], Some(&rules))?;
         Ok(Partition { table })

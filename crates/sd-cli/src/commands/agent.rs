@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sd_runtime::{Accelerator, Node, NodeConfig};
+use sd_runtime::{Accelerator, Node, NodeConfig, TestBreaks};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -65,6 +65,14 @@ pub struct AgentArgs {
     /// [config key `labels`, a table].
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// Chaos runs only: accept faults to inject into this node's gossip and QUIC traffic
+    /// through `PUT /v1/chaos/faults` (what `sd chaos run` starts its agents with).
+    #[arg(long, hide = true)]
+    pub chaos: bool,
+    /// Tests of the chaos checker only: switch a safety mechanism off (`owner-checks`,
+    /// `restart-intensity`), so that the invariant it protects can be seen to break.
+    #[arg(long, hide = true, value_name = "MECHANISM")]
+    pub unsafe_test_break: Vec<String>,
 }
 
 /// The config file.
@@ -102,6 +110,9 @@ struct Settings {
     api_listen: String,
     vm_accelerator: Option<Accelerator>,
     cluster: Option<ClusterSettings>,
+    /// Whether faults may be injected through the API.
+    chaos: bool,
+    test_breaks: TestBreaks,
 }
 
 fn address(flag: &str, text: &str) -> Result<SocketAddr, String> {
@@ -196,12 +207,31 @@ fn settings(args: &AgentArgs) -> Result<Settings, String> {
             })
         }
     };
+    if args.chaos && cluster.is_none() {
+        return Err(
+            "--chaos needs a cluster (--cluster-dir): faults are injected into its traffic".into(),
+        );
+    }
+    let mut test_breaks = TestBreaks::default();
+    for mechanism in &args.unsafe_test_break {
+        match mechanism.as_str() {
+            "owner-checks" => test_breaks.no_owner_checks = true,
+            "restart-intensity" => test_breaks.no_restart_intensity = true,
+            other => {
+                return Err(format!(
+                    "--unsafe-test-break \"{other}\": use owner-checks or restart-intensity"
+                ));
+            }
+        }
+    }
     Ok(Settings {
         name,
         data_dir,
         api_listen,
         vm_accelerator,
         cluster,
+        chaos: args.chaos,
+        test_breaks,
     })
 }
 
@@ -261,6 +291,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         api_listen,
         vm_accelerator,
         cluster,
+        chaos,
+        test_breaks,
     } = settings;
     // Before anything starts, so that a signal sent as soon as the agent is up is not lost.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -281,6 +313,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         vm_accelerator,
         peers: joined.as_ref().map(|(_, peers)| Arc::clone(peers)),
+        test_breaks,
     })
     .await
     .with_context(|| format!("cannot open node {name} on `{}`", data_dir.display()))?;
@@ -344,7 +377,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
                 _ = interrupt.recv() => {}
             }
         };
-        sd_api::serve(node.clone(), listener, token, stop).await?;
+        let mut extras = sd_api::Extras::default();
+        if chaos && let Some((cluster, _)) = &joined {
+            let cluster = cluster.clone();
+            extras.fault_hook = Some(Arc::new(move |faults| cluster.set_faults(faults)));
+            say(&format!(
+                "sd agent {name}: chaos: faults may be injected through the API"
+            ));
+        }
+        if test_breaks != TestBreaks::default() {
+            say(&format!(
+                "sd agent {name}: UNSAFE, for tests only: {test_breaks:?}"
+            ));
+        }
+        sd_api::serve(node.clone(), listener, token, extras, stop).await?;
         anyhow::Ok(())
     }
     .await;
@@ -433,6 +479,8 @@ mod tests {
             peer_listen: None,
             join: Vec::new(),
             label: Vec::new(),
+            chaos: false,
+            unsafe_test_break: Vec::new(),
         }
     }
 
@@ -451,6 +499,23 @@ mod tests {
                 .unwrap_err()
                 .contains("use auto, kvm or tcg")
         );
+    }
+
+    #[test]
+    fn chaos_needs_a_cluster_and_test_breaks_are_named() {
+        let mut flags = args(Some("n"), Some("/d"), None);
+        flags.chaos = true;
+        assert!(
+            settings(&flags)
+                .unwrap_err()
+                .contains("--chaos needs a cluster")
+        );
+        flags.chaos = false;
+        flags.unsafe_test_break = vec!["owner-checks".into(), "restart-intensity".into()];
+        let breaks = settings(&flags).unwrap().test_breaks;
+        assert!(breaks.no_owner_checks && breaks.no_restart_intensity);
+        flags.unsafe_test_break = vec!["fencing".into()];
+        assert!(settings(&flags).unwrap_err().contains("\"fencing\""));
     }
 
     #[test]

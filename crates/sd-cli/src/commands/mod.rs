@@ -3,6 +3,7 @@
 //! [`crate::client`]; `demo` shows them at work on a throwaway agent.
 
 mod agent;
+mod chaos;
 mod cluster;
 mod demo;
 mod deploy;
@@ -41,6 +42,10 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Print a domain's output (`--follow` to go on printing it).
     Logs(logs::LogsArgs),
+    /// Chaos testing: run a seeded fault scenario against a local cluster and check the
+    /// invariants.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
     /// Show sd at work, with nothing to set up: a throwaway agent deploys a pool of
     /// processes, heals one killed behind its back, then takes it all down without a trace.
     Demo,
@@ -66,6 +71,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status(args) => status::status(&args),
         Command::Ls(args) => ls::ls(&args),
         Command::Logs(args) => logs::logs(&args),
+        Command::Chaos(command) => chaos::chaos(&command),
         Command::Demo => demo::demo(),
     }
 }

@@ -140,6 +140,7 @@ mod tests {
             restarts: 0,
             started_unix_ms: Some(now - 5_000),
             last_error: error.map(str::to_string),
+            supervision: None,
         };
         let status = DeploymentStatus {
             deployment: DeploymentSummary {

@@ -27,7 +27,7 @@ use super::{
     State, Work,
 };
 use crate::plan::Kind;
-use crate::supervision::{Decision, Ending, Escalation, RestartPolicy, Supervisor};
+use crate::supervision::{Decision, Ending, Escalation, RestartPolicy, Supervisor, SupervisorSpec};
 
 /// A lifecycle step a parent takes its children through.
 #[derive(Clone, Copy)]
@@ -103,7 +103,10 @@ impl Container {
         Container {
             kind: planned.kind,
             slots,
-            supervisor: Supervisor::new(planned.supervisor.unwrap_or_default()),
+            supervisor: Supervisor::new(supervisor_spec(
+                planned.supervisor.unwrap_or_default(),
+                deployment.services.breaks,
+            )),
             policies: planned
                 .children
                 .iter()
@@ -466,6 +469,18 @@ async fn run_or_fail(myself: &ActorRef<ComponentMsg>, state: &mut State, pos: us
             reason: Some(failure.to_string()),
         });
     }
+}
+
+/// The parent's supervision settings, with the intensity lifted when the test break
+/// `no_restart_intensity` is set (its children are then restarted however often they fail).
+fn supervisor_spec(spec: SupervisorSpec, breaks: crate::TestBreaks) -> SupervisorSpec {
+    if breaks.no_restart_intensity {
+        return SupervisorSpec {
+            max_restarts: u32::MAX,
+            ..spec
+        };
+    }
+    spec
 }
 
 fn escalation_text(escalation: &Escalation) -> String {

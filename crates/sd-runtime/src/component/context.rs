@@ -31,6 +31,8 @@ pub(crate) struct Services {
     pub vm_host: crate::vm_host::VmHost,
     /// The other nodes of the cluster; `None`: a single node, everything runs here.
     pub peers: Option<Arc<dyn crate::cluster::Peers>>,
+    /// Safety mechanisms switched off for chaos tests (none by default).
+    pub breaks: crate::TestBreaks,
 }
 
 /// A live component as the registry holds it.

@@ -1,7 +1,8 @@
 //! One node's deployments: the public face of the runtime, used by the agent's API.
 //!
 //! A deploy is resolved and planned first (a description with errors is refused whole and
-//! nothing starts), then recorded durably (that is the acknowledgement), then its root
+//! nothing starts), then, in a cluster, its name is claimed on a majority of the known
+//! members (`claims`), then recorded durably (that is the acknowledgement), then its root
 //! component is spawned and deployed and started in the background. Terminate takes the tree
 //! down in reverse order and forgets the deployment once every component is gone and its
 //! directory removed. A deployment whose root fails (a deploy that could not complete, or
@@ -13,6 +14,7 @@
 //! kept, processes still running are re-adopted (pid and start time), and those that died
 //! meanwhile are reported ended so that their parents' strategies restart them.
 
+mod claims;
 mod fragments;
 mod succession;
 
@@ -53,6 +55,31 @@ pub struct NodeConfig {
     pub vm_accelerator: Option<sd_drivers::qemu::Accelerator>,
     /// The other nodes of the cluster; `None`: a single node that runs everything itself.
     pub peers: Option<Arc<dyn Peers>>,
+    /// Safety mechanisms switched off for chaos tests; the default breaks nothing.
+    pub test_breaks: TestBreaks,
+}
+
+/// Safety mechanisms switched off on purpose, only to show that the chaos checker catches the
+/// violations that follow. Never set in production; the default breaks nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestBreaks {
+    /// Fragments no longer ask their parents whether they still own them (node/fragments.rs
+    /// `check_owners`): an instance restarted elsewhere while its node was cut off keeps
+    /// running after the heal (breaks INV-1).
+    ///
+    /// Only the owner check is switched off. The other mechanisms that stop components stay,
+    /// and none of them reaches such an instance: epoch fencing only refuses requests (and
+    /// the epoch does not even change when a parent restarts a child elsewhere), step-down
+    /// stops only an old root's own tree, and orphan release needs the parent's node
+    /// reported lost, which a cut-off node (on the minority side) never does. (The sweep of
+    /// unadopted old-epoch fragments that an older version had is gone: the owner check
+    /// replaced it.) The duplicate then ends only if it exits on its own, if its parent
+    /// places that component on its node again, or if its agent restarts; a terminate of
+    /// the deployment leaves it running too.
+    pub no_owner_checks: bool,
+    /// Supervisors ignore `sdMaxRestarts`: children are restarted however often they fail
+    /// (breaks INV-5). The backoff between restarts still applies.
+    pub no_restart_intensity: bool,
 }
 
 impl std::fmt::Debug for dyn Peers {
@@ -153,6 +180,8 @@ struct Inner {
     replicas: Mutex<HashMap<String, sd_proto::peer::Replica>>,
     /// Held while a fragment's description is planned (once per deployment and node).
     planning: tokio::sync::Mutex<()>,
+    /// The claims on deployment names this node has granted (its own deploys' included).
+    claims: Mutex<claims::Claims>,
 }
 
 /// One node's runtime: cheap to clone, all clones are the same node.
@@ -250,6 +279,7 @@ impl Node {
             properties,
             vm_host: crate::vm_host::VmHost::new(&config.data_dir, config.vm_accelerator),
             peers: config.peers.clone(),
+            breaks: config.test_breaks,
         });
         if config.vm_accelerator.is_none() {
             // Known before the first VM needs it, and published in the node's metadata.
@@ -269,6 +299,7 @@ impl Node {
                 shutting_down: AtomicBool::new(false),
                 replicas: Mutex::new(replicas),
                 planning: tokio::sync::Mutex::new(()),
+                claims: Mutex::default(),
             }),
         };
         node.stop_unrecorded(&entries).await;
@@ -312,6 +343,12 @@ impl Node {
     /// Resolves and plans `request.description`, records the deployment durably, and starts
     /// deploying it in the background. Returns once the deployment is acknowledged (durable);
     /// follow its progress with [`Node::status`] or [`Node::events`].
+    ///
+    /// In a cluster, the name is claimed first on a majority of the known members (see
+    /// `claims`): of two deploys of one name through two nodes at once, at most one is
+    /// acknowledged; the other is refused ([`Error::Exists`], naming the node the other
+    /// deploy came through or the deployment's root), or [`Error::Remote`] when too few
+    /// members can be asked.
     pub async fn deploy(&self, request: DeployRequest) -> Result<()> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
@@ -347,6 +384,7 @@ impl Node {
         .map_err(|e| Error::InvalidDescription {
             errors: vec![format!("resolving stopped: {e}")],
         })??;
+        let claim = self.claim_name(&name).await?;
         let now = unix_ms_now();
         let record = DeploymentRecord {
             name: name.clone(),
@@ -361,8 +399,16 @@ impl Node {
         self.records().put_deployment(record);
         if let Err(error) = self.records().flush().await {
             self.records().remove_deployment(&name);
+            if let (Some(claim), Some(peers)) = (&claim, &self.inner.services.peers) {
+                self.release_claim(peers, &name, &claim.claimant, &claim.granted)
+                    .await;
+            }
             return Err(error);
         }
+        if let Some(claim) = &claim {
+            self.recorded(&name, claim);
+        }
+        // The replica ends the claim on the members it reaches; the others' expire.
         self.replicate_now(&name).await;
         self.launch(name, planned, HashMap::new(), HashMap::new())
             .await
@@ -541,7 +587,11 @@ impl Node {
         }
         self.set_state(name, DeploymentState::Terminated);
         self.records().remove_deployment(name);
-        self.records().flush().await
+        self.records().flush().await?;
+        // The name is free again once the peers have dropped their replicas: at once for
+        // those that answer now, so that it can be deployed again straight away.
+        self.forget_now(name, record.epoch).await;
+        Ok(())
     }
 
     /// Every deployment.
@@ -557,12 +607,28 @@ impl Node {
             .ok_or_else(|| Error::NotFound {
                 name: name.to_string(),
             })?;
+        // The declared supervision of each parent, from the plan while the node holds it.
+        let planned = lock(&self.inner.live)
+            .get(name)
+            .map(|live| Arc::clone(&live.deployment));
+        let supervision = |index: usize, path: &str| {
+            let component = planned.as_ref()?.plan.components.get(index)?;
+            if component.path_text() != path {
+                return None;
+            }
+            component.supervisor.map(|spec| sd_proto::Supervision {
+                strategy: spec.strategy.name().to_string(),
+                max_restarts: spec.max_restarts,
+                window_ms: u64::try_from(spec.window.as_millis()).unwrap_or(u64::MAX),
+            })
+        };
         Ok(DeploymentStatus {
             deployment: summary(&entry),
             components: entry
                 .components
-                .values()
-                .map(|record| ComponentStatus {
+                .iter()
+                .map(|(&index, record)| ComponentStatus {
+                    supervision: supervision(index, &record.path),
                     path: record.path.clone(),
                     kind: record.kind.clone(),
                     state: record.state,

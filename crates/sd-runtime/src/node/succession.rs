@@ -139,6 +139,23 @@ impl Node {
         let _ = futures::future::join_all(calls).await;
     }
 
+    /// Tells every alive peer that a deployment this node was the root of is terminated,
+    /// waiting a moment for them (the replication loop tells them again, and the others).
+    pub(super) async fn forget_now(&self, name: &str, epoch: u64) {
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return;
+        };
+        let calls = self.gossip_alive_peers().into_iter().map(|node| {
+            let request = PeerRequest::Forget {
+                deployment: name.to_string(),
+                epoch,
+            };
+            let peers = Arc::clone(&peers);
+            async move { peers.call(&node, request, Duration::from_secs(2)).await }
+        });
+        let _ = futures::future::join_all(calls).await;
+    }
+
     /// Replicates this node's deployments to every other alive node whenever they change or
     /// a node joins, and tells them when a deployment is gone. Runs until shutdown.
     pub(super) async fn replicate_forever(self) {
@@ -257,6 +274,7 @@ impl Node {
             return PeerResponse::Refused(format!("a newer epoch of \"{name}\" is known here"));
         }
         store_replica(&self.inner.config.data_dir, &name, Some(&replica));
+        lock(&self.inner.claims).replica_arrived(&name, &replica.summary.root_node);
         replicas.insert(name, replica);
         PeerResponse::Done
     }

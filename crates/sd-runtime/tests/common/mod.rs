@@ -18,12 +18,18 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn new() -> TestNode {
+        TestNode::with_breaks(sd_runtime::TestBreaks::default()).await
+    }
+
+    /// A node with safety mechanisms switched off (chaos-checker tests).
+    pub async fn with_breaks(test_breaks: sd_runtime::TestBreaks) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let node = Node::open(NodeConfig {
             name: "test-node".into(),
             data_dir: dir.path().to_path_buf(),
             vm_accelerator: Some(sd_runtime::Accelerator::Tcg),
             peers: None,
+            test_breaks,
         })
         .await
         .expect("node opens");
