@@ -119,7 +119,13 @@ pub fn run(scenario: &Scenario, scenario_dir: &Path, options: &RunOptions<'_>) -
     let outcome = faults_then_checks(scenario, &planned, &mut nemesis, &shared, say);
     stop.store(true, Ordering::SeqCst);
     let _ = observer.join();
-    let (mut records, mut verdicts, convergence_ms, orphans, crashes) = outcome?;
+    let AfterHeal {
+        mut records,
+        mut verdicts,
+        convergence_ms,
+        orphans,
+        mut crashes,
+    } = outcome?;
 
     // Figures from the history.
     let samples = shared.samples();
@@ -161,7 +167,6 @@ pub fn run(scenario: &Scenario, scenario_dir: &Path, options: &RunOptions<'_>) -
     if scenario.invariants.contains(&Invariant::CleanHosts) {
         verdicts.push(clean);
     }
-    let mut crashes = crashes;
     crashes.extend(
         nemesis
             .cluster
@@ -209,13 +214,19 @@ pub fn run(scenario: &Scenario, scenario_dir: &Path, options: &RunOptions<'_>) -
     Ok(report)
 }
 
-type Checked = (
-    Vec<FaultRecord>,
-    Vec<Verdict>,
-    Option<u64>,
-    Vec<String>,
-    Vec<String>,
-);
+/// What the fault phase and the checks after the heal found.
+struct AfterHeal {
+    /// The faults as they happened.
+    records: Vec<FaultRecord>,
+    /// INV-4, INV-1 and INV-2, as far as the scenario checks them.
+    verdicts: Vec<Verdict>,
+    /// From the heal until INV-4 held.
+    convergence_ms: Option<u64>,
+    /// Workloads of no expected component.
+    orphans: Vec<String>,
+    /// Agents that exited on their own.
+    crashes: Vec<String>,
+}
 
 /// The fault phase, the heal, and the checks after it (INV-4, INV-1, INV-2).
 fn faults_then_checks(
@@ -224,7 +235,7 @@ fn faults_then_checks(
     nemesis: &mut Nemesis,
     shared: &Shared,
     say: &(dyn Fn(&str) + Sync),
-) -> Result<Checked> {
+) -> Result<AfterHeal> {
     // Starts and ends in time order; at one instant, ends first.
     let mut events: Vec<(u64, bool, usize)> = Vec::new();
     for (index, planned) in planned.iter().enumerate() {
@@ -326,7 +337,13 @@ fn faults_then_checks(
         verdicts.push(Verdict::new(Invariant::NothingLost, detail, evidence));
     }
     note_crashes(nemesis, shared, &mut crashes, say);
-    Ok((records, verdicts, convergence_ms, orphans, crashes))
+    Ok(AfterHeal {
+        records,
+        verdicts,
+        convergence_ms,
+        orphans,
+        crashes,
+    })
 }
 
 fn sleep_until(when: Instant) {
@@ -365,18 +382,13 @@ fn running_nodes(nemesis: &Nemesis) -> Vec<String> {
 /// Polls until every running agent sees exactly the running agents alive and lists the same
 /// deployments (name, root, epoch, state); the last disagreement otherwise.
 fn converge(nemesis: &Nemesis, deadline: Instant) -> (bool, Vec<String>) {
-    let within = Duration::from_secs(3);
     loop {
         let running = running_nodes(nemesis);
         let expected: BTreeSet<String> = running.iter().cloned().collect();
         let mut disagreement = Vec::new();
         let mut lists: BTreeMap<String, BTreeSet<(String, String, u64, String)>> = BTreeMap::new();
         for node in &running {
-            let Ok(target) = nemesis.cluster.node(node) else {
-                continue;
-            };
-            let probe = target.probe();
-            match probe.get::<Vec<MemberInfo>>("/nodes", within) {
+            match ask::<Vec<MemberInfo>>(nemesis, node, "/nodes") {
                 Ok(members) => {
                     let alive: BTreeSet<String> = members
                         .into_iter()
@@ -391,7 +403,7 @@ fn converge(nemesis: &Nemesis, deadline: Instant) -> (bool, Vec<String>) {
                 }
                 Err(error) => disagreement.push(format!("{node}: {error}")),
             }
-            match probe.get::<Vec<DeploymentSummary>>("/deployments", within) {
+            match ask::<Vec<DeploymentSummary>>(nemesis, node, "/deployments") {
                 Ok(listed) => {
                     lists.insert(
                         node.clone(),
@@ -420,23 +432,39 @@ fn converge(nemesis: &Nemesis, deadline: Instant) -> (bool, Vec<String>) {
     }
 }
 
+/// GET `path` on `node`'s API, given up after 5 s.
+fn ask<T: serde::de::DeserializeOwned>(
+    nemesis: &Nemesis,
+    node: &str,
+    path: &str,
+) -> std::result::Result<T, String> {
+    let target = nemesis
+        .cluster
+        .node(node)
+        .map_err(|error| error.to_string())?;
+    target
+        .probe()
+        .get(path, Duration::from_secs(5))
+        .map_err(|error| error.to_string())
+}
+
+/// A deployment's status from the first of `running` that answers.
+fn status_from_any(
+    nemesis: &Nemesis,
+    running: &[String],
+    name: &str,
+) -> Option<sd_proto::DeploymentStatus> {
+    running
+        .iter()
+        .find_map(|node| ask(nemesis, node, &format!("/deployments/{name}")).ok())
+}
+
 /// The domains of the followed deployments that exist, as their statuses list them.
 fn expected_components(nemesis: &Nemesis, shared: &Shared) -> BTreeSet<ComponentKey> {
     let running = running_nodes(nemesis);
     let mut expected = BTreeSet::new();
     for name in shared.followed() {
-        let status = running.iter().find_map(|node| {
-            nemesis
-                .cluster
-                .node(node)
-                .ok()?
-                .probe()
-                .get::<sd_proto::DeploymentStatus>(
-                    &format!("/deployments/{name}"),
-                    Duration::from_secs(5),
-                )
-                .ok()
-        });
+        let status = status_from_any(nemesis, &running, &name);
         if let Some(status) = status {
             expected.extend(
                 status
@@ -460,18 +488,7 @@ fn component_states(nemesis: &Nemesis, evidence: &[String]) -> Vec<String> {
         .filter_map(|line| line.split_whitespace().next())
         .collect();
     for name in deployments {
-        let status = running.iter().find_map(|node| {
-            nemesis
-                .cluster
-                .node(node)
-                .ok()?
-                .probe()
-                .get::<sd_proto::DeploymentStatus>(
-                    &format!("/deployments/{name}"),
-                    Duration::from_secs(5),
-                )
-                .ok()
-        });
+        let status = status_from_any(nemesis, &running, name);
         let Some(status) = status else { continue };
         for component in &status.components {
             let named = evidence
@@ -560,7 +577,6 @@ fn where_(running: &[(String, u32)]) -> String {
 /// carried out.
 fn nothing_lost(nemesis: &Nemesis) -> (String, Vec<String>) {
     let running = running_nodes(nemesis);
-    let within = Duration::from_secs(5);
     let mut evidence = Vec::new();
     let mut by_name: BTreeMap<&str, Vec<&crate::nemesis::Acked>> = BTreeMap::new();
     for acked in &nemesis.acked {
@@ -576,13 +592,7 @@ fn nothing_lost(nemesis: &Nemesis) -> (String, Vec<String>) {
             ));
         }
         for node in &running {
-            let Ok(target) = nemesis.cluster.node(node) else {
-                continue;
-            };
-            match target
-                .probe()
-                .get::<Vec<DeploymentSummary>>("/deployments", within)
-            {
+            match ask::<Vec<DeploymentSummary>>(nemesis, node, "/deployments") {
                 Ok(listed) => match listed.iter().find(|d| d.name == *name) {
                     None => evidence.push(format!("{name}: acknowledged, not listed by {node}")),
                     Some(summary) => {
@@ -606,12 +616,7 @@ fn nothing_lost(nemesis: &Nemesis) -> (String, Vec<String>) {
     }
     for refused in &nemesis.refused {
         for node in &running {
-            let Ok(target) = nemesis.cluster.node(node) else {
-                continue;
-            };
-            if let Ok(listed) = target
-                .probe()
-                .get::<Vec<DeploymentSummary>>("/deployments", within)
+            if let Ok(listed) = ask::<Vec<DeploymentSummary>>(nemesis, node, "/deployments")
                 && listed
                     .iter()
                     .any(|d| d.name == refused.name && d.source == refused.source)
