@@ -12,6 +12,10 @@
 //!   cluster name ([`sealed`]). A packet with a bad tag, from another key or cluster, older than
 //!   [`sealed::MAX_PACKET_AGE`], replayed, or malformed is dropped silently (never answered,
 //!   so nothing amplifies) and counted by reason in [`GossipStats`].
+//! - **Checked content.** An authentic packet's plaintext reaches chitchat only if it is one
+//!   whole chitchat message that chitchat decodes and can process ([`check_envelope`]); any
+//!   other is dropped and counted as malformed at once, and nothing a peer sends ends or stalls
+//!   the node's reception (see [`sealed`]).
 //! - **Generations.** A node carries the generation of its agent start; a node that restarts
 //!   comes back with a higher one, and only the newest generation of a name is reported: an
 //!   old generation is never reported alive.
@@ -24,20 +28,44 @@
 //! - **Hosts need synchronised clocks** (NTP): a packet whose sealed timestamp is more than
 //!   [`sealed::MAX_PACKET_AGE`] away from the receiver's clock is refused.
 //!
+//! What holders of the gossip key can no longer do: stop a node's gossip, or make chitchat
+//! panic with any message known to. The panics of chitchat 0.13 on received state are the
+//! assertions of `NodeState::apply_delta` (a max version lowered below a key's) and
+//! `ClusterState::apply_delta` (unreachable once the former is refused), the
+//! `assert!(mtu >= 100)` of its `DeltaSerializer` once its own digest outgrows a datagram (node
+//! ids announced in digests: [`sealed::DigestBudget`]), and the overflow of the receiver's own
+//! `max_version + 1`; each is refused before chitchat sees the message ([`envelope`]).
+//!
+//! What they can still do, with well-formed messages (chitchat 0.13 applies whatever state a
+//! peer sends, about any node): rewrite or reset any node's key-values as its receivers see
+//! them, the receiver's own included (metadata, hints, a `left` mark), for as long as that
+//! node's own versions stay below the forged ones; announce node ids that never existed, up to
+//! [`sealed::MAX_DIGEST_LEN`] bytes of digest, each costing every receiver about 8 KB of
+//! failure detector state, and, with the budget full, keep new ids (joins, restarts) out until
+//! the ghosts are scheduled for deletion (half of
+//! [`MembershipConfig::dead_node_grace_period`]); make a receiver inflate up to
+//! [`envelope::MAX_INFLATED_LEN`] per datagram; and plant megabytes of highly compressible
+//! state, which honest nodes would then relay in deltas the others refuse (as inflating past
+//! that bound), stalling the spread of updates (not liveness, carried by digests). Gossip is a
+//! hint: nothing here is trusted for more. Should chitchat's server task stop for another
+//! reason, [`Membership`] does not restart it.
+//!
 //! Fault injection for chaos tests (loss, delay, duplication of outgoing packets) is built into
 //! the transport and off by default: [`Membership::set_faults`].
 
+pub mod envelope;
 pub mod membership;
 pub mod sealed;
 
 use std::net::SocketAddr;
 
+pub use envelope::check_envelope;
 pub use membership::{
     ClusterChange, Member, MemberState, Membership, MembershipConfig, NodeMeta, Resources,
 };
 pub use sealed::{
-    Faults, GossipStats, OpenedPacket, PacketKey, ReplayWindow, SealedTransport, open_packet,
-    seal_packet,
+    Faults, GossipStats, OpenedPacket, PacketKey, ReplayWindow, SealedTransport, accept_packet,
+    open_packet, seal_packet,
 };
 
 /// Everything that can go wrong in this crate.
@@ -89,6 +117,9 @@ pub enum Error {
     /// packet was already received
     #[error("packet was already received")]
     ReplayedPacket,
+    /// authentic packet whose content is not a chitchat message this node accepts: {0}
+    #[error("authentic packet whose content is not a chitchat message this node accepts: {0}")]
+    BadEnvelope(&'static str),
 }
 
 /// The result of this crate's fallible functions.

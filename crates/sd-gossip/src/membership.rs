@@ -254,10 +254,11 @@ impl Membership {
             None => bound,
         };
         let key = PacketKey::new(&config.gossip_key, &config.cluster_name);
-        let transport = SealedTransport::with_socket(key, socket);
+        let chitchat_id = ChitchatId::new(meta.name.as_str(), meta.generation, gossip_addr);
+        let transport = SealedTransport::with_socket(key, socket).for_node(chitchat_id.clone());
         let control = transport.control();
         let chitchat_config = ChitchatConfig {
-            chitchat_id: ChitchatId::new(meta.name.as_str(), meta.generation, gossip_addr),
+            chitchat_id,
             cluster_id: config.cluster_name.clone(),
             gossip_interval: config.gossip_interval,
             listen_addr: bound,
@@ -283,6 +284,7 @@ impl Membership {
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let first = {
             let guard = chitchat.lock().await;
+            control.reset_digest(digest_ids(&guard));
             merge(&[], observe(&guard), Instant::now(), &changes)
         };
         let (members_tx, members) = watch::channel(first);
@@ -291,6 +293,7 @@ impl Membership {
             config.gossip_interval,
             members_tx,
             changes.clone(),
+            control.clone(),
         ));
         Ok(Membership {
             inner: Arc::new(Inner {
@@ -467,6 +470,18 @@ fn newest_generation(chitchat: &Chitchat, node: &str) -> Option<ChitchatId> {
         .cloned()
 }
 
+/// The ids chitchat puts in its own digest: its nodes not scheduled for deletion.
+fn digest_ids(chitchat: &Chitchat) -> Vec<ChitchatId> {
+    let leaving: std::collections::HashSet<&ChitchatId> =
+        chitchat.scheduled_for_deletion_nodes().collect();
+    chitchat
+        .node_states()
+        .keys()
+        .filter(|id| !leaving.contains(id))
+        .cloned()
+        .collect()
+}
+
 /// Reads every node's newest generation that published its metadata.
 fn observe(chitchat: &Chitchat) -> BTreeMap<String, Observed> {
     let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
@@ -588,12 +603,14 @@ fn merge(
 }
 
 /// Re-reads chitchat's state whenever its live set changes and at every gossip round (dead
-/// nodes' and hint changes are not notified), and publishes the differences.
+/// nodes' and hint changes are not notified), and publishes the differences. Also tells the
+/// transport which ids chitchat's digest holds ([`crate::sealed::DigestBudget`]).
 async fn observe_forever(
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
     interval: Duration,
     members_tx: watch::Sender<Vec<Member>>,
     changes: broadcast::Sender<ClusterChange>,
+    transport: TransportControl,
 ) {
     let mut live_watcher = chitchat.lock().await.live_nodes_watcher();
     let mut ticker = tokio::time::interval(interval);
@@ -609,6 +626,7 @@ async fn observe_forever(
         }
         let observed = {
             let guard = chitchat.lock().await;
+            transport.reset_digest(digest_ids(&guard));
             observe(&guard)
         };
         let previous = members_tx.borrow().clone();

@@ -18,8 +18,15 @@
 //! plaintext codec on loopback: chitchat's own `UdpSocket` encodes an envelope by sending it to
 //! a tap socket, and decodes one by receiving it from that tap. The codec only accepts the tap
 //! and the tap only the codec, so nothing from outside reaches chitchat unsealed.
+//!
+//! The codec drops what it cannot decode without a word, so an authentic packet's plaintext is
+//! checked first ([`check_envelope`]): one that chitchat would refuse, or should not be handed,
+//! is dropped and counted as malformed at once, and only plaintexts chitchat decodes reach the
+//! codec. Should the two ever disagree, the codec's answer is awaited until a deadline fixed
+//! when the plaintext was handed over, so that chitchat cancelling `recv` at every gossip round
+//! cannot push it back: the plaintext is then counted as malformed and reception goes on.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,9 +36,10 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use chitchat::ChitchatEnvelope;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
+use chitchat::{ChitchatEnvelope, ChitchatId, Serializable};
 
+use crate::envelope::check_envelope;
 use crate::{Error, Result};
 
 /// The packet format version written in the first byte.
@@ -52,7 +60,7 @@ pub const MAX_REMEMBERED_NONCES: usize = 65_536;
 const KEY_CONTEXT: &str = "sd gossip v1";
 const AD_PREFIX: &[u8] = b"sd gossip v1\0";
 /// The codec is fed on loopback, so a datagram it accepts is there at once; waiting longer
-/// only happens when an authentic peer sent bytes chitchat cannot decode.
+/// only happens if [`check_envelope`] accepted bytes chitchat's decoder refuses.
 const CODEC_WAIT: Duration = Duration::from_millis(100);
 const RECV_BUFFER_LEN: usize = 65_536;
 
@@ -171,6 +179,97 @@ pub fn open_packet(key: &PacketKey, packet: &[u8], now_ms: u64) -> Result<Opened
     })
 }
 
+/// Everything a datagram received by the node `local` (if known) goes through before chitchat
+/// sees it: [`open_packet`], the replay `window`, [`check_envelope`] on the plaintext, then
+/// the node's digest `budget`. Never panics whatever the bytes (a panic of the envelope check
+/// would be caught and refuse the packet), so a fuzz target can call it directly; the error
+/// tells which [`GossipStats`] counter the refusal goes to.
+pub fn accept_packet(
+    key: &PacketKey,
+    window: &mut ReplayWindow,
+    local: Option<&ChitchatId>,
+    budget: &mut DigestBudget,
+    packet: &[u8],
+    now_ms: u64,
+) -> Result<OpenedPacket> {
+    let opened = open_packet(key, packet, now_ms)?;
+    // Before the content check: a replay of a refused packet counts as a replay.
+    window.check(&opened, now_ms)?;
+    let checked = std::panic::catch_unwind(|| check_envelope(&opened.plaintext, local))
+        .unwrap_or(Err(Error::BadEnvelope("the check of the content panicked")))?;
+    budget.admit(&checked.digest_ids)?;
+    Ok(opened)
+}
+
+/// The most the node's own chitchat digest may grow to, in bytes. chitchat 0.13 adds every
+/// node a received digest lists to its own state, and so to its own digest, which its replies
+/// must hold: past 65 403 bytes its `DeltaSerializer` fails `assert!(mtu >= 100)` on the next
+/// SYN, killing its server task, and past about 65 450 its own SYNs no longer fit a sealed
+/// datagram. A digest entry takes 41 bytes plus the node name (IPv4), so this is well over a
+/// thousand nodes with short names: more than chitchat's datagrams could carry anyway.
+pub const MAX_DIGEST_LEN: usize = 65_000;
+/// How long an id admitted by [`DigestBudget::admit`] stays counted when chitchat's state, as
+/// reported by [`DigestBudget::reset`], does not list it (chitchat does not add every id, and
+/// one may still be on its way to chitchat when a reset comes).
+const ADMITTED_GRACE: Duration = Duration::from_secs(5);
+
+/// The node ids in this node's own chitchat digest, as last read from chitchat
+/// ([`DigestBudget::reset`]) plus those admitted since: a message whose digest would make it
+/// outgrow [`MAX_DIGEST_LEN`] is refused ([`Error::BadEnvelope`]). Without any reset, every id
+/// ever admitted is counted.
+#[derive(Debug, Default)]
+pub struct DigestBudget {
+    known: HashSet<ChitchatId>,
+    known_len: usize,
+    admitted: HashMap<ChitchatId, std::time::Instant>,
+    admitted_len: usize,
+}
+
+/// What one node takes in a V0 digest: its id, heartbeat, last GC version, max version.
+fn digest_entry_len(id: &ChitchatId) -> usize {
+    id.serialized_len() + 24
+}
+
+impl DigestBudget {
+    /// Replaces the known ids with those of chitchat's digest now (its nodes not scheduled for
+    /// deletion); an id admitted a moment ago stays counted until chitchat lists it.
+    pub fn reset(&mut self, ids: impl IntoIterator<Item = ChitchatId>) {
+        self.known = ids.into_iter().collect();
+        self.known_len = self.known.iter().map(digest_entry_len).sum();
+        let known = &self.known;
+        self.admitted.retain(|id, admitted_at| {
+            !known.contains(id) && admitted_at.elapsed() < ADMITTED_GRACE
+        });
+        self.admitted_len = self.admitted.keys().map(digest_entry_len).sum();
+    }
+
+    /// The size of the digest if chitchat added every id counted, in bytes.
+    pub fn digest_len(&self) -> usize {
+        2 + self.known_len + self.admitted_len
+    }
+
+    /// Counts the ids of an accepted message's digest, or refuses the message if they would
+    /// make the digest outgrow [`MAX_DIGEST_LEN`].
+    pub fn admit(&mut self, ids: &[ChitchatId]) -> Result<()> {
+        let mut new: Vec<&ChitchatId> = ids
+            .iter()
+            .filter(|id| !self.known.contains(*id) && !self.admitted.contains_key(*id))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let new_len: usize = new.iter().map(|id| digest_entry_len(id)).sum();
+        if self.digest_len() + new_len > MAX_DIGEST_LEN {
+            return Err(Error::BadEnvelope("a digest that would outgrow a datagram"));
+        }
+        let now = std::time::Instant::now();
+        for id in new {
+            self.admitted.insert(id.clone(), now);
+        }
+        self.admitted_len += new_len;
+        Ok(())
+    }
+}
+
 /// The nonces of recently accepted packets, to refuse exact duplicates. Bounded: at most
 /// [`MAX_REMEMBERED_NONCES`], each forgotten once its packet would be refused as stale anyway.
 #[derive(Debug, Default)]
@@ -223,7 +322,8 @@ pub struct GossipStats {
     pub dropped_bad_auth: u64,
     /// Packets refused as stale or as duplicates.
     pub dropped_replay: u64,
-    /// Packets refused for their size or version, or whose content chitchat could not decode.
+    /// Packets refused for their size or version, or authentic ones whose content is not a
+    /// chitchat message this node accepts ([`check_envelope`]).
     pub dropped_malformed: u64,
 }
 
@@ -288,6 +388,7 @@ impl Faults {
 struct Shared {
     stats: StatsCounters,
     faults: Mutex<Faults>,
+    budget: Mutex<DigestBudget>,
 }
 
 /// A chitchat [`Transport`] whose packets are sealed under a [`PacketKey`].
@@ -297,6 +398,8 @@ pub struct SealedTransport {
     /// A socket bound in advance (so that port 0 works and bind errors are typed), used by the
     /// first `open` on its address.
     bound: Mutex<Option<tokio::net::UdpSocket>>,
+    /// The chitchat id of the node this transport serves, if known ([`check_envelope`]).
+    local: Option<ChitchatId>,
 }
 
 impl SealedTransport {
@@ -306,6 +409,7 @@ impl SealedTransport {
             key,
             shared: Arc::default(),
             bound: Mutex::new(None),
+            local: None,
         }
     }
 
@@ -315,7 +419,15 @@ impl SealedTransport {
             key,
             shared: Arc::default(),
             bound: Mutex::new(Some(socket)),
+            local: None,
         }
+    }
+
+    /// Tells the transport which node it serves, so that deltas about that very node are
+    /// checked as such ([`check_envelope`]).
+    pub fn for_node(mut self, local: ChitchatId) -> SealedTransport {
+        self.local = Some(local);
+        self
     }
 
     /// A handle on the counters and faults of this transport's sockets, readable at run time.
@@ -353,6 +465,15 @@ impl TransportControl {
         self.shared.stats.snapshot()
     }
 
+    /// Reports the ids of the node's own chitchat digest now ([`DigestBudget::reset`]).
+    pub fn reset_digest(&self, ids: impl IntoIterator<Item = ChitchatId>) {
+        self.shared
+            .budget
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .reset(ids);
+    }
+
     /// Sets the faults injected into outgoing packets from now on.
     pub fn set_faults(&self, faults: Faults) {
         *self
@@ -381,6 +502,12 @@ impl Transport for SealedTransport {
                 .await
                 .with_context(|| format!("cannot bind the gossip socket on {listen_addr}"))?,
         };
+        Ok(Box::new(self.socket_on(wire).await?))
+    }
+}
+
+impl SealedTransport {
+    async fn socket_on(&self, wire: tokio::net::UdpSocket) -> anyhow::Result<SealedSocket> {
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let codec = UdpSocket::open(loopback).await?;
         let codec_addr = codec.local_addr()?;
@@ -388,13 +515,14 @@ impl Transport for SealedTransport {
             .await
             .context("cannot bind the gossip codec tap")?;
         let tap_addr = tap.local_addr()?;
-        Ok(Box::new(SealedSocket {
+        Ok(SealedSocket {
             wire: Arc::new(wire),
             codec,
             codec_addr,
             tap,
             tap_addr,
             key: self.key.clone(),
+            local: self.local.clone(),
             sender: fastrand::u64(..),
             counter: 0,
             replay: ReplayWindow::default(),
@@ -403,7 +531,7 @@ impl Transport for SealedTransport {
             pending: None,
             codec_dirty: false,
             tap_dirty: false,
-        }))
+        })
     }
 }
 
@@ -412,6 +540,13 @@ impl Transport for SealedTransport {
 struct Pending {
     from: SocketAddr,
     sealed_len: usize,
+    /// The plaintext's length: what the codec reports for it (a late answer to an earlier
+    /// plaintext of another length is skipped).
+    plaintext_len: usize,
+    /// Until when the codec's answer is awaited. Fixed when the plaintext is handed over:
+    /// chitchat drops `recv` at every gossip round, and a wait restarted at each call would
+    /// never end when the gossip interval is not longer than [`CODEC_WAIT`].
+    deadline: tokio::time::Instant,
 }
 
 struct SealedSocket {
@@ -421,6 +556,7 @@ struct SealedSocket {
     tap: tokio::net::UdpSocket,
     tap_addr: SocketAddr,
     key: PacketKey,
+    local: Option<ChitchatId>,
     sender: u64,
     counter: u64,
     replay: ReplayWindow,
@@ -505,10 +641,11 @@ impl SealedSocket {
     /// Reads back the plaintext handed to the codec as an envelope from the pending peer.
     async fn decode_pending(&mut self, pending: Pending) -> anyhow::Result<Option<RecvOutcome>> {
         loop {
-            let outcome = match tokio::time::timeout(CODEC_WAIT, self.codec.recv()).await {
+            let received = tokio::time::timeout_at(pending.deadline, self.codec.recv()).await;
+            let outcome = match received {
                 Ok(outcome) => outcome?,
                 Err(_) => {
-                    // An authentic peer sent bytes chitchat refused (or, on a host stalled
+                    // chitchat refused bytes check_envelope accepted (or, on a host stalled
                     // for longer than the wait, they are still to come: drained later).
                     self.pending = None;
                     self.codec_dirty = true;
@@ -519,7 +656,9 @@ impl SealedSocket {
                     return Ok(None);
                 }
             };
-            if outcome.from_addr != self.tap_addr {
+            if outcome.from_addr != self.tap_addr
+                || outcome.num_bytes_received != pending.plaintext_len
+            {
                 continue;
             }
             self.pending = None;
@@ -537,15 +676,39 @@ impl SealedSocket {
     }
 
     /// Receives one datagram from the wire and hands its plaintext to the codec if it passes.
+    ///
+    /// Every await comes before the datagram is taken off the wire: chitchat drops `recv` at
+    /// every gossip round, and a datagram read but not yet handed over would be lost uncounted.
     async fn receive_sealed(&mut self) -> anyhow::Result<()> {
+        if self.codec_dirty {
+            // A late plaintext of an earlier, timed out decoding must not pass for the next
+            // one. Nothing else is sent to the codec meanwhile, so draining it here is enough.
+            while let Ok(Ok(_)) = tokio::time::timeout(Duration::ZERO, self.codec.recv()).await {}
+            self.codec_dirty = false;
+        }
+        // So that handing the plaintext over below cannot fail for want of a readiness event
+        // not delivered yet (a fresh socket answers WouldBlock).
+        self.tap
+            .writable()
+            .await
+            .context("the gossip codec tap failed")?;
         let (len, from) = match self.wire.recv_from(&mut self.buffer).await {
             Ok(received) => received,
             Err(error) if is_transient(&error) => return Ok(()),
             Err(error) => return Err(error).context("cannot receive gossip"),
         };
-        let now_ms = unix_ms_now();
-        let opened = open_packet(&self.key, &self.buffer[..len], now_ms)
-            .and_then(|opened| self.replay.check(&opened, now_ms).map(|()| opened));
+        let opened = accept_packet(
+            &self.key,
+            &mut self.replay,
+            self.local.as_ref(),
+            &mut self
+                .shared
+                .budget
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+            &self.buffer[..len],
+            unix_ms_now(),
+        );
         let opened = match opened {
             Ok(opened) => opened,
             Err(error) => {
@@ -553,11 +716,6 @@ impl SealedSocket {
                 return Ok(());
             }
         };
-        if self.codec_dirty {
-            // A late plaintext of an earlier, timed out decoding must not pass for this one.
-            while let Ok(Ok(_)) = tokio::time::timeout(Duration::ZERO, self.codec.recv()).await {}
-            self.codec_dirty = false;
-        }
         // No await between handing the plaintext over and marking it pending, so a cancelled
         // `recv` cannot lose track of whose it is.
         match self.tap.try_send_to(&opened.plaintext, self.codec_addr) {
@@ -565,6 +723,8 @@ impl SealedSocket {
                 self.pending = Some(Pending {
                     from,
                     sealed_len: len,
+                    plaintext_len: opened.plaintext.len(),
+                    deadline: tokio::time::Instant::now() + CODEC_WAIT,
                 });
             }
             Err(_) => {
@@ -785,6 +945,135 @@ mod tests {
             assert!(open_packet(&key, &bytes, rng.u64(..)).is_err());
             assert!(open_packet(&key, &bytes, NOW).is_err());
         }
+    }
+
+    #[test]
+    fn accept_packet_checks_the_content_after_the_replay_window() {
+        let key = PacketKey::new(&KEY, "lab");
+        let mut window = ReplayWindow::default();
+        let bad_cluster = [0x53, 0xB0, 0, 3];
+        let good = sealed(&key, 1, &bad_cluster);
+        assert!(
+            accept_packet(
+                &key,
+                &mut window,
+                None,
+                &mut DigestBudget::default(),
+                &good,
+                NOW
+            )
+            .is_ok()
+        );
+        let garbage = sealed(&key, 2, b"not chitchat");
+        assert!(matches!(
+            accept_packet(
+                &key,
+                &mut window,
+                None,
+                &mut DigestBudget::default(),
+                &garbage,
+                NOW
+            ),
+            Err(Error::BadEnvelope(_))
+        ));
+        // Its replay is a replay.
+        assert!(matches!(
+            accept_packet(
+                &key,
+                &mut window,
+                None,
+                &mut DigestBudget::default(),
+                &garbage,
+                NOW
+            ),
+            Err(Error::ReplayedPacket)
+        ));
+    }
+
+    async fn loopback_socket(transport: &SealedTransport) -> SealedSocket {
+        let wire = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        transport.socket_on(wire).await.expect("socket")
+    }
+
+    /// A plaintext the codec never answers (as if chitchat refused what check_envelope
+    /// accepted) must not stop reception, even when every `recv` is cancelled sooner than the
+    /// codec wait, as chitchat's server does at each gossip round.
+    #[tokio::test]
+    async fn a_plaintext_the_codec_never_answers_does_not_stop_reception() {
+        let transport = SealedTransport::new(PacketKey::new(&KEY, "lab"));
+        let mut receiver = loopback_socket(&transport).await;
+        let mut sender = loopback_socket(&transport).await;
+        let to = receiver.local_addr().expect("addr");
+        // Hand the codec garbage as receive_sealed would have, had the check let it through.
+        receiver
+            .tap
+            .send_to(b"not chitchat", receiver.codec_addr)
+            .await
+            .expect("tap sends");
+        receiver.pending = Some(Pending {
+            from: to,
+            sealed_len: 1,
+            plaintext_len: 12,
+            deadline: tokio::time::Instant::now() + CODEC_WAIT,
+        });
+        let envelope = ChitchatEnvelope {
+            version: chitchat::ProtocolVersion::V0,
+            message: chitchat::ChitchatMessage::BadCluster,
+        };
+        sender.send(to, envelope).await.expect("send");
+        let started = tokio::time::Instant::now();
+        let outcome = loop {
+            let attempt = tokio::time::timeout(CODEC_WAIT / 2, receiver.recv()).await;
+            if let Ok(outcome) = attempt {
+                break outcome.expect("recv");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "reception is stuck: {:?}",
+                transport.control().stats()
+            );
+        };
+        assert_eq!(outcome.from_addr, sender.local_addr().expect("addr"));
+        assert_eq!(
+            outcome.envelope.message,
+            chitchat::ChitchatMessage::BadCluster
+        );
+        let stats = transport.control().stats();
+        assert_eq!((stats.dropped_malformed, stats.received_packets), (1, 1));
+    }
+
+    fn id(name: &str) -> ChitchatId {
+        ChitchatId::new(name, 1, SocketAddr::from(([127, 0, 0, 1], 9000)))
+    }
+
+    #[test]
+    fn the_digest_budget_counts_each_node_once_and_refuses_overflow() {
+        let mut budget = DigestBudget::default();
+        budget.reset([id("n0"), id("n1")]);
+        let base = budget.digest_len();
+        assert_eq!(base, 2 + 2 * digest_entry_len(&id("n0")));
+        // Known ids and duplicates cost nothing more.
+        budget
+            .admit(&[id("n0"), id("n2"), id("n2"), id("n1")])
+            .expect("fits");
+        assert_eq!(budget.digest_len(), base + digest_entry_len(&id("n2")));
+        budget.admit(&[id("n2")]).expect("already counted");
+        assert_eq!(budget.digest_len(), base + digest_entry_len(&id("n2")));
+        // Once chitchat lists it, it is known; ids it dropped are forgotten after the grace.
+        budget.reset([id("n0"), id("n1"), id("n2")]);
+        assert_eq!(budget.digest_len(), base + digest_entry_len(&id("n2")));
+        let huge = id(&"g".repeat(MAX_DIGEST_LEN));
+        assert!(matches!(budget.admit(&[huge]), Err(Error::BadEnvelope(_))));
+        let many: Vec<ChitchatId> = (0..2_000).map(|index| id(&format!("g{index}"))).collect();
+        let fitting = many
+            .iter()
+            .take_while(|ghost| budget.admit(std::slice::from_ref(*ghost)).is_ok())
+            .count();
+        assert!((1_000..2_000).contains(&fitting), "{fitting}");
+        assert!(budget.digest_len() <= MAX_DIGEST_LEN);
+        assert!(budget.admit(&many).is_err());
     }
 
     #[test]

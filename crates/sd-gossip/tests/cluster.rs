@@ -32,6 +32,10 @@ async fn five_nodes_converge_and_see_each_others_metadata() {
         "{stats:?}"
     );
     assert_eq!(stats.dropped_bad_auth, 0);
+    // Everything chitchat sends passes the content check.
+    for node in &nodes {
+        assert_eq!(node.stats().dropped_malformed, 0, "{:?}", node.stats());
+    }
     for node in nodes {
         node.shutdown().await;
     }
@@ -193,6 +197,9 @@ async fn metadata_and_hints_propagate() {
     .expect("the removal propagates");
     assert_eq!(nodes[1].key_of("n0", "missing"), None);
     assert_eq!(nodes[1].key_of("nobody", "epoch/web"), None);
+    for node in &nodes {
+        assert_eq!(node.stats().dropped_malformed, 0, "{:?}", node.stats());
+    }
     for node in nodes {
         node.shutdown().await;
     }

@@ -42,6 +42,8 @@ async fn an_idle_five_node_cluster_sees_no_death_for_a_minute() {
             "{name}: detection timeout for {peer} {timeout:?}, {:?}",
             node.stats()
         );
+        // Everything chitchat sends passes the content check.
+        assert_eq!(node.stats().dropped_malformed, 0, "{:?}", node.stats());
     }
     println!("idle for {idle:?}, {checks} checks, no death");
     for node in nodes {
