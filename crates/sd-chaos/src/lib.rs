@@ -49,6 +49,11 @@ pub enum Error {
     /// A fault could not be injected.
     #[error("fault: {0}")]
     Fault(String),
+    /// The run was interrupted (SIGINT or SIGTERM); the cluster was stopped and removed.
+    #[error(
+        "interrupted: the agents and their workloads were stopped, partitions and small disks removed"
+    )]
+    Interrupted,
 }
 
 /// `Result` with this crate's [`Error`].

@@ -289,14 +289,15 @@ impl Nemesis {
                 killed.push(((*key).clone(), *pid));
             }
         }
-        // Back when each killed component runs again under another pid.
+        // Back when each killed component has a process again (another pid, in /proc) and
+        // its agent says it runs (a VM: booted to its ready marker).
         let mut back_after = None;
         while started.elapsed() < DOMAIN_BACK_WITHIN {
             let now = observe::instances(&self.watched);
             let all_back = killed.iter().all(|(key, pid)| {
                 now.get(key)
                     .is_some_and(|running| running.iter().any(|(_, new)| new != pid))
-            });
+            }) && killed.iter().all(|(key, pid)| self.runs_again(key, *pid));
             if all_back {
                 back_after = Some(started.elapsed());
                 break;
@@ -312,6 +313,34 @@ impl Nemesis {
                 DOMAIN_BACK_WITHIN.as_secs()
             )),
         }
+    }
+
+    /// Whether an agent (the first serving one that answers) says the component runs, under
+    /// another pid than `old`.
+    fn runs_again(&self, (deployment, path): &(String, String), old: u32) -> bool {
+        let world = self.shared.world();
+        self.watched
+            .iter()
+            .filter(|watched| world.healthy(&watched.probe.name))
+            .find_map(|watched| {
+                watched
+                    .probe
+                    .get::<sd_proto::DeploymentStatus>(
+                        &format!("/deployments/{deployment}"),
+                        Duration::from_secs(2),
+                    )
+                    .ok()
+            })
+            .and_then(|status| {
+                status
+                    .components
+                    .into_iter()
+                    .find(|component| component.path == *path)
+            })
+            .is_some_and(|component| {
+                component.state == sd_proto::ComponentState::Running
+                    && component.pid.is_some_and(|pid| pid != old)
+            })
     }
 
     /// Fills `node`'s disk and deploys through it: the deploy must be refused with a clear

@@ -41,6 +41,9 @@ pub struct RunOptions<'a> {
     pub keep: bool,
     /// Told what happens, as it happens.
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// Set (by a signal handler) to stop the run early: it then stops the cluster, leaves
+    /// nothing behind, and returns [`Error::Interrupted`].
+    pub interrupted: &'a AtomicBool,
 }
 
 /// Runs `scenario` (whose files are relative to `scenario_dir`).
@@ -116,7 +119,14 @@ pub fn run(scenario: &Scenario, scenario_dir: &Path, options: &RunOptions<'_>) -
     };
     std::thread::sleep(Duration::from_secs(1));
 
-    let outcome = faults_then_checks(scenario, &planned, &mut nemesis, &shared, say);
+    let outcome = faults_then_checks(
+        scenario,
+        &planned,
+        &mut nemesis,
+        &shared,
+        say,
+        options.interrupted,
+    );
     stop.store(true, Ordering::SeqCst);
     let _ = observer.join();
     let AfterHeal {
@@ -235,6 +245,7 @@ fn faults_then_checks(
     nemesis: &mut Nemesis,
     shared: &Shared,
     say: &(dyn Fn(&str) + Sync),
+    interrupted: &AtomicBool,
 ) -> Result<AfterHeal> {
     // Starts and ends in time order; at one instant, ends first.
     let mut events: Vec<(u64, bool, usize)> = Vec::new();
@@ -250,7 +261,7 @@ fn faults_then_checks(
     let mut records: Vec<FaultRecord> = Vec::new();
     let mut crashes = Vec::new();
     for (at, is_end, index) in events {
-        sleep_until(phase + Duration::from_millis(at));
+        sleep_until(phase + Duration::from_millis(at), interrupted)?;
         if is_end {
             if let Some(mut record) = open.remove(&index) {
                 nemesis.end(&mut record)?;
@@ -286,7 +297,10 @@ fn faults_then_checks(
         }
         note_crashes(nemesis, shared, &mut crashes, say);
     }
-    sleep_until(phase + Duration::from_secs_f64(scenario.duration_secs));
+    sleep_until(
+        phase + Duration::from_secs_f64(scenario.duration_secs),
+        interrupted,
+    )?;
     records.sort_by_key(|record| record.at_ms);
     let heal_ms = shared.now_ms();
     say(&format!(
@@ -298,7 +312,7 @@ fn faults_then_checks(
     let mut verdicts = Vec::new();
 
     // INV-4: every running agent sees the same members alive and the same deployments.
-    let (converged, disagreement) = converge(nemesis, deadline);
+    let (converged, disagreement) = converge(nemesis, deadline, interrupted);
     let convergence_ms = converged.then(|| shared.now_ms() - heal_ms);
     if scenario.invariants.contains(&Invariant::Convergence) {
         let detail = match convergence_ms {
@@ -310,7 +324,11 @@ fn faults_then_checks(
 
     // INV-1: once converged, one instance of each component, and nothing else of ours.
     let expected = expected_components(nemesis, shared);
-    let (placed_after, mut misplaced, orphans) = single_placement(nemesis, &expected, deadline);
+    let (placed_after, mut misplaced, orphans) =
+        single_placement(nemesis, &expected, deadline, interrupted);
+    if interrupted.load(Ordering::SeqCst) {
+        return Err(Error::Interrupted);
+    }
     if !misplaced.is_empty() {
         misplaced.extend(component_states(nemesis, &misplaced));
     }
@@ -346,9 +364,16 @@ fn faults_then_checks(
     })
 }
 
-fn sleep_until(when: Instant) {
-    if let Some(rest) = when.checked_duration_since(Instant::now()) {
-        std::thread::sleep(rest);
+/// Sleeps until `when`, or fails as soon as the run is interrupted.
+fn sleep_until(when: Instant, interrupted: &AtomicBool) -> Result<()> {
+    loop {
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
+        let Some(rest) = when.checked_duration_since(Instant::now()) else {
+            return Ok(());
+        };
+        std::thread::sleep(rest.min(Duration::from_millis(50)));
     }
 }
 
@@ -381,7 +406,7 @@ fn running_nodes(nemesis: &Nemesis) -> Vec<String> {
 
 /// Polls until every running agent sees exactly the running agents alive and lists the same
 /// deployments (name, root, epoch, state); the last disagreement otherwise.
-fn converge(nemesis: &Nemesis, deadline: Instant) -> (bool, Vec<String>) {
+fn converge(nemesis: &Nemesis, deadline: Instant, interrupted: &AtomicBool) -> (bool, Vec<String>) {
     loop {
         let running = running_nodes(nemesis);
         let expected: BTreeSet<String> = running.iter().cloned().collect();
@@ -425,7 +450,7 @@ fn converge(nemesis: &Nemesis, deadline: Instant) -> (bool, Vec<String>) {
         if disagreement.is_empty() {
             return (true, Vec::new());
         }
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || interrupted.load(Ordering::SeqCst) {
             return (false, disagreement);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -520,6 +545,7 @@ fn single_placement(
     nemesis: &Nemesis,
     expected: &BTreeSet<ComponentKey>,
     deadline: Instant,
+    interrupted: &AtomicBool,
 ) -> (Option<u64>, Vec<String>, Vec<String>) {
     let watched = nemesis.watched();
     let mut holding_since: Option<Instant> = None;
@@ -553,7 +579,7 @@ fn single_placement(
             }
         } else {
             holding_since = None;
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || interrupted.load(Ordering::SeqCst) {
                 return (None, evidence, orphans);
             }
         }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Subcommand};
 use sd_chaos::{Aggregate, RunOptions, Scenario};
@@ -49,6 +51,30 @@ pub fn chaos(command: &ChaosCommand) -> ExitCode {
     }
 }
 
+/// Sets `interrupted` on the first SIGINT or SIGTERM.
+fn watch_signals(interrupted: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            eprintln!("\ninterrupted: stopping the cluster");
+            interrupted.store(true, Ordering::SeqCst);
+        });
+    });
+}
+
 fn run(args: &RunArgs) -> ExitCode {
     if !matches!(args.format.as_str(), "human" | "json") {
         eprintln!("error: --format is \"{}\": use human or json", args.format);
@@ -81,6 +107,9 @@ fn run(args: &RunArgs) -> ExitCode {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("sd-chaos-{}", std::process::id())),
     };
+    // SIGINT or SIGTERM stops the run at its next step; the cluster is then torn down.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&interrupted));
     let first = args.seed.unwrap_or(scenario.seed);
     let mut reports = Vec::new();
     for seed in first..first + args.seeds {
@@ -91,6 +120,7 @@ fn run(args: &RunArgs) -> ExitCode {
             dir: base.join(format!("{}-{seed}", scenario.name)),
             keep: args.keep,
             progress: &progress,
+            interrupted: &interrupted,
         };
         match sd_chaos::run(&scenario, &scenario_dir, &options) {
             Ok(report) => {
