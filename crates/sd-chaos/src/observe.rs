@@ -165,6 +165,18 @@ impl Shared {
             .clone()
     }
 
+    /// The followed deployments seen running at least once (status samples, every second).
+    pub fn ever_running(&self) -> BTreeSet<String> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flat_map(|sample| &sample.statuses)
+            .filter(|status| status.deployment.state == sd_proto::DeploymentState::Running)
+            .map(|status| status.deployment.name.clone())
+            .collect()
+    }
+
     /// The latest sample.
     pub fn last_sample(&self) -> Option<Sample> {
         self.samples

@@ -136,6 +136,7 @@ pub fn run(scenario: &Scenario, scenario_dir: &Path, options: &RunOptions<'_>) -
         orphans,
         mut crashes,
     } = outcome?;
+    nemesis.collect_comebacks(&mut records);
 
     // Figures from the history.
     let samples = shared.samples();
@@ -351,7 +352,7 @@ fn faults_then_checks(
 
     // INV-2: what was acknowledged runs; what was refused does not.
     if scenario.invariants.contains(&Invariant::NothingLost) {
-        let (detail, evidence) = nothing_lost(nemesis);
+        let (detail, evidence) = nothing_lost(nemesis, shared);
         verdicts.push(Verdict::new(Invariant::NothingLost, detail, evidence));
     }
     note_crashes(nemesis, shared, &mut crashes, say);
@@ -490,7 +491,10 @@ fn expected_components(nemesis: &Nemesis, shared: &Shared) -> BTreeSet<Component
     let mut expected = BTreeSet::new();
     for name in shared.followed() {
         let status = status_from_any(nemesis, &running, &name);
-        if let Some(status) = status {
+        // A failed deployment has nothing left to run (INV-2 judges its failure).
+        if let Some(status) = status
+            && !matches!(status.deployment.state, DeploymentState::Failed { .. })
+        {
             expected.extend(
                 status
                     .components
@@ -600,9 +604,12 @@ fn where_(running: &[(String, u32)]) -> String {
 
 /// INV-2's evidence: every acknowledged deploy listed by every running agent, running, from
 /// the source it was acknowledged with, and no two acknowledged for one name; no refused one
-/// carried out.
-fn nothing_lost(nemesis: &Nemesis) -> (String, Vec<String>) {
+/// carried out. A deploy that failed before it ever ran, with its reason, was visibly
+/// rejected (INV-2's own words); one that ran and then failed was lost.
+fn nothing_lost(nemesis: &Nemesis, shared: &Shared) -> (String, Vec<String>) {
     let running = running_nodes(nemesis);
+    let ran = shared.ever_running();
+    let mut rejected = BTreeSet::new();
     let mut evidence = Vec::new();
     let mut by_name: BTreeMap<&str, Vec<&crate::nemesis::Acked>> = BTreeMap::new();
     for acked in &nemesis.acked {
@@ -622,11 +629,20 @@ fn nothing_lost(nemesis: &Nemesis) -> (String, Vec<String>) {
                 Ok(listed) => match listed.iter().find(|d| d.name == *name) {
                     None => evidence.push(format!("{name}: acknowledged, not listed by {node}")),
                     Some(summary) => {
-                        if summary.state != DeploymentState::Running {
-                            evidence.push(format!(
-                                "{name}: {} as {node} lists it",
-                                summary.state.name()
-                            ));
+                        match &summary.state {
+                            DeploymentState::Running => {}
+                            DeploymentState::Failed { reason } if !ran.contains(*name) => {
+                                rejected.insert(format!("{name} ({reason})"));
+                            }
+                            state => evidence.push(format!(
+                                "{name}: {} as {node} lists it{}",
+                                state.name(),
+                                if ran.contains(*name) {
+                                    ", after it ran"
+                                } else {
+                                    ""
+                                }
+                            )),
                         }
                         if !acks.iter().any(|a| a.source == summary.source) {
                             evidence.push(format!(
@@ -654,9 +670,19 @@ fn nothing_lost(nemesis: &Nemesis) -> (String, Vec<String>) {
             }
         }
     }
+    let rejected: Vec<String> = rejected.into_iter().collect();
     let detail = format!(
-        "{} acknowledged deploys, {} refused, checked on {} agents",
+        "{} acknowledged deploys{}, {} refused, checked on {} agents",
         nemesis.acked.len(),
+        if rejected.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} failed before running: {})",
+                rejected.len(),
+                rejected.join("; ")
+            )
+        },
         nemesis.refused.len(),
         running.len()
     );

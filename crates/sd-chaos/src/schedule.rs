@@ -151,13 +151,14 @@ impl Fault {
     }
 
     /// The nodes it makes unreachable or unresponsive while it lasts (those the others should
-    /// see dead).
+    /// see dead: a node nobody hears from is dead to them, even if it hears them).
     pub fn downed(&self) -> Vec<String> {
         match self {
             Fault::KillAgent { node } | Fault::LoseMachine { node } | Fault::Pause { node } => {
                 vec![node.clone()]
             }
             Fault::Partition { minority } => minority.clone(),
+            Fault::OneWayPartition { from } => from.clone(),
             _ => Vec::new(),
         }
     }

@@ -35,6 +35,11 @@ impl Remote {
         }
     }
 
+    /// Sends a lifecycle request to the fragment's node. A request the transport lost (a
+    /// connection reset, a datagram dropped) is sent again while the node is not gone and the
+    /// deadline allows: each is idempotent for its key (a deploy again replaces what the
+    /// first made), and failing a whole deployment for one lost packet is not an option (the
+    /// chaos runs caught a takeover failed by a reset connection under packet loss).
     async fn call(
         &self,
         deployment: &Deployment,
@@ -47,7 +52,22 @@ impl Remote {
                 self.node
             ));
         };
-        peers.call(&self.node, request, deadline).await
+        let started = tokio::time::Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            let answer = peers.call(&self.node, request.clone(), left).await;
+            let pause = RETRY_PAUSE * (attempt + 1);
+            let again = answer.is_err()
+                && attempt < RETRIES
+                && started.elapsed() + pause < deadline
+                && !peers.is_gone(&self.node);
+            if !again {
+                return answer;
+            }
+            attempt += 1;
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// Deploys the fragment on its node (or, recovering, takes over the one running there).
@@ -123,6 +143,11 @@ impl Remote {
         self.deployed = false;
     }
 }
+
+/// How many times a lifecycle request the transport lost is sent again.
+const RETRIES: u32 = 4;
+/// The pause before the first resend (then twice, three times as long ...).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a remote ping may wait for its answer.
 const PING_DEADLINE: Duration = Duration::from_secs(2);
