@@ -372,6 +372,9 @@ pub struct Probe {
     pub reason: String,
 }
 
+/// coreutils' `timeout`, which the KVM probe runs QEMU under.
+const TIMEOUT_BINARY: &str = "/usr/bin/timeout";
+
 /// Which accelerator boots guests here: KVM if `/dev/kvm` exists and `kernel` boots under it
 /// to its end within `timeout`, otherwise TCG. With no root file system the kernel panics
 /// after its early boot, and with `panic=-1` and `-no-reboot` QEMU then exits: that exit,
@@ -394,7 +397,19 @@ pub async fn probe_accelerator(
         return Ok(tcg("no kernel to probe KVM with".into()));
     };
     let console = work_dir.join("kvm-probe.log");
-    let mut command = tokio::process::Command::new(binary);
+    // Under coreutils' `timeout`, which kills QEMU by itself at the deadline: a probe whose
+    // agent is SIGKILLed meanwhile must not leave a hung guest behind (the chaos runs found
+    // such orphans, which `kill_on_drop` cannot catch).
+    let wrapped = Path::new(TIMEOUT_BINARY).exists();
+    let mut command = if wrapped {
+        let mut command = tokio::process::Command::new(TIMEOUT_BINARY);
+        command
+            .args(["-s", "KILL", &format!("{}", timeout.as_secs_f64())])
+            .arg(binary);
+        command
+    } else {
+        tokio::process::Command::new(binary)
+    };
     command
         .args(["-M", "pc", "-accel", "kvm", "-m", "128M", "-nodefaults"])
         .args(["-no-user-config", "-display", "none", "-no-reboot"])
@@ -411,19 +426,30 @@ pub async fn probe_accelerator(
         program: binary.display().to_string(),
         source,
     })?;
-    let ended = tokio::time::timeout(timeout, child.wait()).await;
-    if ended.is_err() {
-        let _ = child.kill().await;
-    }
+    // Under `timeout`, QEMU is killed at the deadline and the wrapper exits with 124 or 137
+    // (killed by SIGKILL): a timeout too. Our own deadline is a little later, in case.
+    let wait = if wrapped {
+        timeout + Duration::from_secs(5)
+    } else {
+        timeout
+    };
+    let exited = match tokio::time::timeout(wait, child.wait()).await {
+        Ok(Ok(status)) => !(wrapped && matches!(status.code(), Some(124 | 137))),
+        Ok(Err(_)) => true,
+        Err(_) => {
+            let _ = child.kill().await;
+            false
+        }
+    };
     let booted = log_holds(&console, 0, "Linux version");
     let _ = std::fs::remove_file(&console);
-    Ok(match ended {
-        Ok(Ok(_)) if booted => Probe {
+    Ok(match (exited, booted) {
+        (true, true) => Probe {
             accelerator: Accelerator::Kvm,
             reason: format!("a kernel boots under KVM ({})", kernel.display()),
         },
-        Ok(_) => tcg("QEMU with KVM failed to boot a kernel".into()),
-        Err(_) => tcg(format!(
+        (true, false) => tcg("QEMU with KVM failed to boot a kernel".into()),
+        (false, _) => tcg(format!(
             "a kernel under KVM did not finish booting within {} s (nested KVM hangs)",
             timeout.as_secs_f64()
         )),
