@@ -392,7 +392,15 @@ mod tests {
             log: dir.path().join("log"),
         })
         .unwrap();
-        let found = marked_processes("SD_TEST_MARK", &marker);
+        // Until the child has exec'd, its environment is still its parent's.
+        let mut found = Vec::new();
+        for _ in 0..200 {
+            found = marked_processes("SD_TEST_MARK", &marker);
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(found, vec![process.identity()]);
         process.stop(Duration::from_secs(1)).await.unwrap();
         assert!(marked_processes("SD_TEST_MARK", &marker).is_empty());
