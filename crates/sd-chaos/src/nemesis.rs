@@ -114,50 +114,49 @@ impl Nemesis {
             notes: Vec::new(),
             problems: Vec::new(),
         };
-        let nodes = fault.targets();
         match fault {
             Fault::KillAgent { node } => {
-                self.shared.change(&nodes, |world| {
+                self.shared.change(|world| {
                     world.down.insert(node.clone());
                 });
                 self.cluster.kill_agent(node)?;
             }
             Fault::LoseMachine { node } => {
-                self.shared.change(&nodes, |world| {
+                self.shared.change(|world| {
                     world.down.insert(node.clone());
                 });
                 self.cluster.kill_machine(node)?;
             }
             Fault::Pause { node } => {
-                self.shared.change(&nodes, |world| {
+                self.shared.change(|world| {
                     world.paused.insert(node.clone());
                 });
                 self.cluster.pause(node, true)?;
             }
             Fault::Partition { minority } => {
                 let rest = self.others(minority);
-                self.shared.change(&self.names(), |world| {
+                self.shared.change(|world| {
                     world.cut = Some((minority.iter().cloned().collect(), true));
                 });
                 self.cluster.partition(&refs(minority), &refs(&rest))?;
             }
             Fault::OneWayPartition { from } => {
                 let rest = self.others(from);
-                self.shared.change(&self.names(), |world| {
+                self.shared.change(|world| {
                     world.cut = Some((from.iter().cloned().collect(), false));
                 });
                 self.cluster.partition_one_way(&refs(from), &refs(&rest))?;
             }
             Fault::GossipFaults { nodes, faults } => {
                 self.shared
-                    .change(nodes, |world| world.faulty.extend(nodes.iter().cloned()));
+                    .change(|world| world.faulty.extend(nodes.iter().cloned()));
                 for node in nodes {
                     self.inject(node, |settings| settings.gossip = link(*faults))?;
                 }
             }
             Fault::QuicFaults { nodes, faults } => {
                 self.shared
-                    .change(nodes, |world| world.faulty.extend(nodes.iter().cloned()));
+                    .change(|world| world.faulty.extend(nodes.iter().cloned()));
                 for node in nodes {
                     self.inject(node, |settings| settings.quic = link(*faults))?;
                 }
@@ -174,23 +173,22 @@ impl Nemesis {
 
     /// Undoes a lasting fault.
     pub fn end(&mut self, record: &mut FaultRecord) -> Result<()> {
-        let nodes = record.fault.targets();
         match &record.fault {
             Fault::KillAgent { node } | Fault::LoseMachine { node } => {
                 self.cluster.launch(node)?;
-                self.shared.change(&nodes, |world| {
+                self.shared.change(|world| {
                     world.down.remove(node);
                 });
             }
             Fault::Pause { node } => {
                 self.cluster.pause(node, false)?;
-                self.shared.change(&nodes, |world| {
+                self.shared.change(|world| {
                     world.paused.remove(node);
                 });
             }
             Fault::Partition { .. } | Fault::OneWayPartition { .. } => {
                 self.cluster.heal();
-                self.shared.change(&self.names(), |world| world.cut = None);
+                self.shared.change(|world| world.cut = None);
             }
             Fault::GossipFaults { nodes, .. } | Fault::QuicFaults { nodes, .. } => {
                 let gossip = matches!(record.fault, Fault::GossipFaults { .. });
@@ -212,7 +210,7 @@ impl Nemesis {
                     })
                     .cloned()
                     .collect();
-                self.shared.change(&clean, |world| {
+                self.shared.change(|world| {
                     for node in &clean {
                         world.faulty.remove(node);
                     }

@@ -1,7 +1,8 @@
 //! The observer: every few hundred milliseconds, what runs where (read from `/proc`, the
 //! ground truth), whom each reachable agent sees alive, and, less often, the components'
 //! restart counts. It also keeps the nemesis' account of the world (who is down, paused or cut
-//! off, and since when), which the checker needs to tell a correct death from a false one.
+//! off), recorded with each sample, from which the checker tells when a node's condition
+//! changed and so a correct death from a false one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -80,9 +81,6 @@ pub struct StatusSample {
 pub struct Shared {
     started: Instant,
     world: Mutex<World>,
-    /// When each node's condition last changed (the world changed around it): views lag a
-    /// change by a few seconds, so deaths seen just after one are not false.
-    changed: Mutex<BTreeMap<String, u64>>,
     /// The deployments whose components the observer follows.
     deployments: Mutex<BTreeSet<String>>,
     samples: Mutex<Vec<Sample>>,
@@ -95,7 +93,6 @@ impl Shared {
         Arc::new(Shared {
             started,
             world: Mutex::new(World::default()),
-            changed: Mutex::new(BTreeMap::new()),
             deployments: Mutex::new(BTreeSet::new()),
             samples: Mutex::new(Vec::new()),
             statuses: Mutex::new(Vec::new()),
@@ -107,27 +104,15 @@ impl Shared {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Changes the world; `nodes` are the ones whose condition changed.
-    pub fn change(&self, nodes: &[String], change: impl FnOnce(&mut World)) {
+    /// Changes the world (each sample records it, so the checker can tell when a node's
+    /// condition changed).
+    pub fn change(&self, change: impl FnOnce(&mut World)) {
         change(&mut self.world.lock().unwrap_or_else(PoisonError::into_inner));
-        let now = self.now_ms();
-        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
-        for node in nodes {
-            changed.insert(node.clone(), now);
-        }
     }
 
     /// The world now.
     pub fn world(&self) -> World {
         self.world
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// When each node's condition last changed.
-    pub fn changes(&self) -> BTreeMap<String, u64> {
-        self.changed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -175,15 +160,6 @@ impl Shared {
             .filter(|status| status.deployment.state == sd_proto::DeploymentState::Running)
             .map(|status| status.deployment.name.clone())
             .collect()
-    }
-
-    /// The latest sample.
-    pub fn last_sample(&self) -> Option<Sample> {
-        self.samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last()
-            .cloned()
     }
 }
 

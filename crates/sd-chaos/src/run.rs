@@ -15,7 +15,7 @@ use crate::checker::{self, Figures};
 use crate::nemesis::Nemesis;
 use crate::observe::{self, ComponentKey, Shared};
 use crate::report::{FaultRecord, Report, Verdict};
-use crate::scenario::{FaultKind, Invariant, Scenario};
+use crate::scenario::{Invariant, Scenario};
 use crate::schedule::{self, Rng};
 use crate::{Error, Result};
 
@@ -147,15 +147,8 @@ pub fn run(scenario: &Scenario, scenario_dir: &Path, options: &RunOptions<'_>) -
         let downed = record.fault.downed();
         record.detected_ms =
             checker::detection_ms(&samples, record.at_ms, record.until_ms, &downed);
-        let disrupts = matches!(
-            record.fault.kind(),
-            FaultKind::KillAgent
-                | FaultKind::LoseMachine
-                | FaultKind::Pause
-                | FaultKind::Partition
-                | FaultKind::OneWayPartition
-        );
-        if disrupts && record.recovered_ms.is_none() {
+        // A fault that downs nodes disrupts what ran there: how long until it runs again.
+        if !downed.is_empty() && record.recovered_ms.is_none() {
             let expected = checker::running_before(&samples, record.at_ms, &followed);
             record.recovered_ms = checker::recovery_ms(&samples, record.at_ms, next, &expected);
         }
@@ -387,7 +380,7 @@ fn note_crashes(
 ) {
     for (node, status) in nemesis.cluster.exited_agents() {
         say(&format!("           AGENT CRASH: {node} exited ({status})"));
-        shared.change(std::slice::from_ref(&node), |world| {
+        shared.change(|world| {
             world.down.insert(node.clone());
         });
         crashes.push(format!("{node}: {status}"));
