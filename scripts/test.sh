@@ -25,6 +25,13 @@ if ! command -v nft >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
 fi
 
+# The console's browser tests drive a real headless Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium and chromium-driver"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 # The test guest the VM tests boot (kernel, busybox initramfs, disk); a no-op when current.
 echo "== test guest"
 export SD_GUEST_DIR=${SD_GUEST_DIR:-/var/lib/sd/guest}

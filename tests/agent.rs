@@ -669,3 +669,214 @@ sfConfig extends Pool { replicas 40; template extends LAZY ProcessDomain { comma
     assert_eq!(code(&output), 0, "{}", stderr(&output));
     assert!(marked(&data).is_empty());
 }
+
+/// Starts an agent as [`Agent::start`] does, with `flags` added and `SD_LOG` set to `sd_log`
+/// (or unset); its stderr, line by line, arrives on the receiver once it has exited.
+fn start_logged(
+    data_dir: &Path,
+    flags: &[&str],
+    sd_log: Option<&str>,
+) -> (Agent, mpsc::Receiver<Vec<String>>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+    command
+        .args(["agent", "--name", "e2e", "--api-listen", "127.0.0.1:0"])
+        .args(["--vm-accelerator", "tcg"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(flags)
+        .env_remove("SD_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(filter) = sd_log {
+        command.env("SD_LOG", filter);
+    }
+    let mut child = command.spawn().expect("sd agent starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (log_tx, log_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        let _ = log_tx.send(lines);
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let banner = line_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the agent says it is up");
+    let url = std::fs::read_to_string(data_dir.join("api.url"))
+        .expect("api.url is written before the agent says it is up")
+        .trim()
+        .to_string();
+    let agent = Agent {
+        child,
+        banner: banner.trim_end().to_string(),
+        url,
+        data_dir: data_dir.to_path_buf(),
+    };
+    (agent, log_rx)
+}
+
+/// The stderr lines of an agent started with [`start_logged`], once it has exited.
+fn log_lines(log: &mpsc::Receiver<Vec<String>>) -> Vec<String> {
+    log.recv_timeout(Duration::from_secs(20))
+        .expect("the agent's stderr ends when it exits")
+}
+
+#[test]
+fn a_json_log_is_one_object_per_line_and_the_ready_event_names_the_node_and_its_api() {
+    let (_root, work, data) = dirs();
+    let (agent, log) = start_logged(&data, &["--log-format", "json"], None);
+    // Stdout, which tools wait on, is the same whatever the log's format.
+    assert_eq!(
+        agent.banner,
+        format!(
+            "sd agent e2e: api on {}, data in {}",
+            agent.url,
+            data.display()
+        )
+    );
+    let output = agent.sd(
+        &work,
+        &["deploy", "hello", "hello.sf", "--wait", "--timeout", "30"],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let output = agent.sd(&work, &["terminate", "hello", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let url = agent.url.clone();
+    assert_eq!(agent.stop().code(), Some(0));
+
+    let lines = log_lines(&log);
+    let all = lines.join("\n");
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not JSON ({error}): {line}\n{all}"));
+            assert!(event.is_object(), "{line}");
+            let timestamp = event["timestamp"].as_str().unwrap_or_default();
+            assert!(
+                timestamp.get(10..11) == Some("T") && timestamp.ends_with('Z'),
+                "an RFC 3339 timestamp: {line}"
+            );
+            assert!(
+                matches!(
+                    event["level"].as_str(),
+                    Some("TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR")
+                ),
+                "{line}"
+            );
+            assert!(event["target"].is_string(), "{line}");
+            assert!(event["message"].is_string(), "{line}");
+            event
+        })
+        .collect();
+
+    let ready = events
+        .iter()
+        .find(|event| event["message"] == "agent ready")
+        .unwrap_or_else(|| panic!("no `agent ready` event:\n{all}"));
+    assert_eq!(ready["level"], "INFO", "{ready}");
+    assert_eq!(ready["node"], "e2e", "{ready}");
+    assert_eq!(ready["api"], url.as_str(), "{ready}");
+    assert_eq!(ready["data_dir"], data.display().to_string(), "{ready}");
+    assert_eq!(ready["span"]["name"], "agent", "{ready}");
+    assert_eq!(ready["span"]["node"], "e2e", "{ready}");
+
+    assert!(
+        events
+            .iter()
+            .any(|event| event["message"] == "deployment state changed"
+                && event["deployment"] == "hello"
+                && event["state"] == "running"),
+        "no event of hello running:\n{all}"
+    );
+    assert!(
+        events.iter().any(|event| event["signal"] == "SIGTERM"
+            && event["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("stopping"))),
+        "no event of the SIGTERM:\n{all}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| event["message"] == "agent stopped"),
+        "no `agent stopped` event:\n{all}"
+    );
+}
+
+#[test]
+fn the_text_log_is_plain_lines_and_its_filter_comes_from_the_flag_then_sd_log() {
+    let (_root, _work, data) = dirs();
+    let (agent, log) = start_logged(&data, &[], None);
+    let url = agent.url.clone();
+    assert_eq!(agent.stop().code(), Some(0));
+    let lines = log_lines(&log);
+    let all = lines.join("\n");
+    let ready = lines
+        .iter()
+        .find(|line| line.contains("agent ready"))
+        .unwrap_or_else(|| panic!("no `agent ready` line:\n{all}"));
+    assert!(
+        ready.contains(" INFO ")
+            && ready.contains("node=e2e")
+            && ready.contains(&format!("api={url}")),
+        "{ready}"
+    );
+    assert!(
+        lines.iter().any(|line| line.contains("agent stopped")),
+        "{all}"
+    );
+    assert!(!all.contains('\u{1b}'), "no ANSI escapes: {all:?}");
+
+    // The flag wins over SD_LOG: warnings and errors only.
+    let (agent, log) = start_logged(&data, &["--log-level", "warn"], Some("info"));
+    assert_eq!(agent.stop().code(), Some(0));
+    let lines = log_lines(&log);
+    assert!(
+        lines
+            .iter()
+            .all(|line| !line.contains(" INFO ") && !line.contains("agent ready")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn an_unknown_log_format_or_filter_is_refused_naming_the_flag_and_what_is_accepted() {
+    let (_root, _work, data) = dirs();
+    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["agent", "--name", "e2e", "--log-format", "yaml"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("SD_LOG")
+        .run();
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "error: --log-format (or `log_format`) is \"yaml\": use text or json\n"
+    );
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+    assert!(!data.exists(), "nothing is started");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sd"))
+        .args(["agent", "--name", "e2e"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("SD_LOG", "sd=loud")
+        .run();
+    assert_eq!(code(&output), 2, "{}", stderr(&output));
+    let error = stderr(&output);
+    assert!(
+        error.starts_with("error: --log-level (or SD_LOG, or `log_level`): \"sd=loud\""),
+        "{error}"
+    );
+    assert!(!data.exists(), "nothing is started");
+}

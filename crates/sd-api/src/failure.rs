@@ -21,6 +21,7 @@ impl Failure {
             body: ApiError {
                 error: error.into(),
                 details: Vec::new(),
+                diagnostics: Vec::new(),
             },
         }
     }
@@ -51,8 +52,9 @@ impl From<Error> for Failure {
         let status = match &error {
             Error::InvalidDescription { .. }
             | Error::InvalidName { .. }
-            | Error::InvalidAttribute { .. } => StatusCode::BAD_REQUEST,
-            Error::Exists { .. } => StatusCode::CONFLICT,
+            | Error::InvalidAttribute { .. }
+            | Error::Setting { .. } => StatusCode::BAD_REQUEST,
+            Error::Exists { .. } | Error::NotRunning { .. } => StatusCode::CONFLICT,
             Error::NotFound { .. } | Error::NoComponent { .. } => StatusCode::NOT_FOUND,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Remote { .. } => StatusCode::BAD_GATEWAY,
@@ -60,15 +62,19 @@ impl From<Error> for Failure {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        let details = match &error {
-            Error::InvalidDescription { errors } => errors.clone(),
-            _ => Vec::new(),
+        let (details, diagnostics) = match &error {
+            Error::InvalidDescription {
+                errors,
+                diagnostics,
+            } => (errors.clone(), diagnostics.clone()),
+            _ => (Vec::new(), Vec::new()),
         };
         Failure {
             status,
             body: ApiError {
                 error: error.to_string(),
                 details,
+                diagnostics,
             },
         }
     }
@@ -185,9 +191,16 @@ mod tests {
     fn an_invalid_description_carries_each_error_as_a_detail() {
         let failure = Failure::from(Error::InvalidDescription {
             errors: vec!["a.sf:1:2: one".into(), "a.sf:3:4: two".into()],
+            diagnostics: vec![sd_proto::Diagnostic {
+                file: "a.sf".into(),
+                line: 1,
+                column: 2,
+                message: "one".into(),
+            }],
         });
         assert_eq!(failure.status, StatusCode::BAD_REQUEST);
         assert_eq!(failure.body.error, "the description is invalid (2 errors)");
         assert_eq!(failure.body.details, ["a.sf:1:2: one", "a.sf:3:4: two"]);
+        assert_eq!(failure.body.diagnostics[0].line, 1);
     }
 }

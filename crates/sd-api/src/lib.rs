@@ -2,12 +2,15 @@
 //! files through which clients on the same host find it (`api.url`, `token`).
 //!
 //! Owns the routes under [`sd_proto::API_PREFIX`], their status codes and error bodies, the
-//! bearer-token check, and log streaming. The runtime's behaviour (what a deploy or a
-//! terminate does) is the node's; this crate only translates. docs/api.md is the reference.
+//! bearer-token check, log and event streaming, `/metrics` (Prometheus), and the web console's
+//! static files. The runtime's behaviour (what a deploy, a terminate or a reconfiguration
+//! does) is the node's; this crate only translates. docs/api.md is the reference.
 //!
 //! Guarantees:
 //! - Nothing is answered without the node's token: every route, the unknown ones included,
-//!   needs `Authorization: Bearer <token>`, compared in constant time.
+//!   needs `Authorization: Bearer <token>`, compared in constant time. The only exception is
+//!   the console's three static files (`/`, `/console.js`, `/console.css`), which hold no
+//!   data.
 //! - Every error, whatever produced it (the node, a malformed body, an unknown route, a
 //!   body over [`sd_proto::MAX_REQUEST_BYTES`]), is a JSON [`sd_proto::ApiError`].
 //! - The token is created once (32 bytes from `/dev/urandom`, mode 0600, written atomically)
@@ -16,9 +19,12 @@
 //!   streams that follow a file end at shutdown too, so they cannot hold it up.
 
 mod auth;
+mod console;
+mod events;
 mod failure;
 mod files;
 mod logs;
+mod metrics;
 mod routes;
 
 use std::future::Future;

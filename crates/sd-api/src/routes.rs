@@ -11,10 +11,11 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use sd_proto::{
-    API_PREFIX, DeployRequest, DeploymentState, DeploymentStatus, DeploymentSummary, FaultSettings,
-    MAX_REQUEST_BYTES, NodeInfo,
+    API_PREFIX, ComponentStatus, DeployRequest, DeploymentState, DeploymentStatus,
+    DeploymentSummary, Event, FaultSettings, MAX_REQUEST_BYTES, NodeInfo, Reconfiguration,
+    ReconfigureRequest, ValidateRequest, Validation,
 };
 use sd_runtime::{LogLocation, Node};
 use serde::Deserialize;
@@ -61,8 +62,13 @@ pub(crate) fn build(
         .route(&format!("{API_PREFIX}/nodes"), get(nodes))
         .route(&format!("{API_PREFIX}/cluster"), get(cluster_stats))
         .route(&format!("{API_PREFIX}/deployments"), get(list).post(deploy))
+        .route(&format!("{API_PREFIX}/validate"), post(validate))
+        .route(&format!("{API_PREFIX}/events"), get(events))
         .route(&deployment, get(status).delete(terminate))
+        .route(&format!("{deployment}/components/{{path}}"), get(component))
+        .route(&format!("{deployment}/reconfigure"), post(reconfigure))
         .route(&format!("{deployment}/logs"), get(logs))
+        .route("/metrics", get(metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Layers wrap the fallbacks too: an unknown route without the token is a 401.
@@ -70,6 +76,8 @@ pub(crate) fn build(
             state.clone(),
             require_token,
         ))
+        // The console's static files come after the token check: they hold no data.
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
@@ -127,6 +135,110 @@ async fn deploy(
     state.node.deploy(request).await?;
     let summary = state.node.status(&name)?.deployment;
     Ok((StatusCode::CREATED, Json(summary)))
+}
+
+/// Reads a JSON body of type `T`; `what` says what it should have been.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Answer<T> {
+    serde_json::from_slice(&body?)
+        .map_err(|error| Failure::bad_request(format!("the request body is not {what}: {error}")))
+}
+
+/// `POST /v1/validate`: 200 when the description would deploy, else 400 with each error.
+async fn validate(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<Json<Validation>> {
+    let request: ValidateRequest = json_body(
+        body,
+        "a validate request (JSON with `description` and optional `source`)",
+    )?;
+    let components = state
+        .node
+        .validate(&request.source, &request.description)
+        .await?;
+    Ok(Json(Validation {
+        ok: true,
+        components,
+    }))
+}
+
+/// `GET /v1/deployments/{name}/components/{path}`: one component.
+async fn component(
+    State(state): State<AppState>,
+    names: Result<Path<(String, String)>, PathRejection>,
+) -> Answer<Json<ComponentStatus>> {
+    let Path((name, path)) = names?;
+    let wanted = if path == "sfConfig" || path.starts_with("sfConfig:") {
+        path.clone()
+    } else {
+        format!("sfConfig:{path}")
+    };
+    let status = state.node.cluster_status(&name).await?;
+    status
+        .components
+        .into_iter()
+        .find(|component| component.path == wanted)
+        .map(Json)
+        .ok_or_else(|| {
+            sd_runtime::Error::NoComponent {
+                deployment: name,
+                path,
+            }
+            .into()
+        })
+}
+
+/// `POST /v1/deployments/{name}/reconfigure`: a live change, validated then committed.
+async fn reconfigure(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<Json<Reconfiguration>> {
+    let Path(name) = name?;
+    let request: ReconfigureRequest = json_body(
+        body,
+        "a reconfigure request (JSON with `path`, `attribute` and `value`)",
+    )?;
+    Ok(Json(state.node.reconfigure(&name, request).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventParams {
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    history: bool,
+}
+
+/// `GET /v1/events[?follow=true[&history=true]]`: the cluster's lifecycle events.
+async fn events(
+    State(state): State<AppState>,
+    params: Result<Query<EventParams>, QueryRejection>,
+) -> Answer<Response> {
+    let Query(params) = params?;
+    if params.follow {
+        let closing = state.closing.subscribe();
+        let stream = crate::events::follow(state.node.clone(), params.history, closing).await;
+        return Ok(stream.into_response());
+    }
+    let events: Vec<Event> = crate::events::recent(&state.node).await;
+    Ok(Json(events).into_response())
+}
+
+/// `GET /metrics`: Prometheus' text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(&state.node.info().name, &state.node.metrics());
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `PUT /v1/chaos/faults` (agents started with `--chaos` only).

@@ -197,9 +197,17 @@ async fn every_route_needs_the_token() {
         (Method::GET, "/v1/deployments/web"),
         (Method::DELETE, "/v1/deployments/web"),
         (Method::GET, "/v1/deployments/web/logs?path=a"),
+        (Method::GET, "/v1/deployments/web/components/sfConfig:a"),
+        (Method::POST, "/v1/deployments/web/reconfigure"),
+        (Method::POST, "/v1/validate"),
+        (Method::GET, "/v1/events"),
+        (Method::GET, "/v1/events?follow=true"),
+        (Method::GET, "/v1/nodes"),
+        (Method::GET, "/v1/cluster"),
+        (Method::GET, "/metrics"),
         (Method::PUT, "/v1/node"),
         (Method::GET, "/v1/nothing-here"),
-        (Method::GET, "/"),
+        (Method::GET, "/index.html"),
     ];
     let wrong = format!("Bearer {}", TOKEN.replace('0', "1"));
     let short = format!("Bearer {}", &TOKEN[1..]);
@@ -300,16 +308,18 @@ async fn malformed_requests_are_400_naming_the_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_limit_is_413() {
     let f = fixture().await;
-    let reply = f
-        .call(
-            Method::POST,
-            "/v1/deployments",
-            vec![b' '; MAX_REQUEST_BYTES + 1],
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
-    let error = reply.error().error;
-    assert!(error.contains(&MAX_REQUEST_BYTES.to_string()), "{error}");
+    for uri in [
+        "/v1/deployments",
+        "/v1/validate",
+        "/v1/deployments/web/reconfigure",
+    ] {
+        let reply = f
+            .call(Method::POST, uri, vec![b' '; MAX_REQUEST_BYTES + 1])
+            .await;
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}");
+        let error = reply.error().error;
+        assert!(error.contains(&MAX_REQUEST_BYTES.to_string()), "{error}");
+    }
     // At the limit exactly, the body is read (and here found not to be JSON).
     let reply = f
         .call(
@@ -655,4 +665,358 @@ async fn serve_answers_over_tcp_and_its_shutdown_ends_followed_logs() {
         .await
         .expect("terminated within a minute")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_without_a_token_and_holds_no_data() {
+    let f = fixture().await;
+    for (uri, kind) in [
+        ("/", "text/html"),
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ] {
+        let reply = f.send(request(Method::GET, uri, None, Vec::new())).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}");
+        let content_type = reply.headers[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(content_type.starts_with(kind), "{uri}: {content_type}");
+        let policy = reply.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(policy.contains("default-src 'self'"), "{policy}");
+        assert!(!reply.text().contains(TOKEN));
+        assert!(!reply.text().contains("api-node"), "{uri} holds no data");
+    }
+    let reply = f.send(request(Method::POST, "/", None, Vec::new())).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(reply.error().error.contains("POST"));
+    let page = f
+        .send(request(Method::GET, "/", None, Vec::new()))
+        .await
+        .text();
+    assert!(page.contains("console.js") && page.contains("id=\"nodes\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_without_deploying_and_places_each_error() {
+    let f = fixture().await;
+    let validate = |description: &str| {
+        serde_json::to_vec(&sd_proto::ValidateRequest {
+            description: format!("#include \"prelude.sf\"\n{description}"),
+            source: "pasted.sf".into(),
+        })
+        .unwrap()
+    };
+    let reply = f.call(Method::POST, "/v1/validate", validate(HELLO)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let validation: sd_proto::Validation = reply.json();
+    assert!(validation.ok);
+    assert_eq!(validation.components, 2);
+    assert_eq!(
+        f.get("/v1/deployments")
+            .await
+            .json::<Vec<DeploymentSummary>>(),
+        []
+    );
+
+    // Line 3 of what is sent (after the include line): a reference to nothing.
+    let broken = "sfConfig extends Compound {\n  a 1;\n  b extends NoSuchThing;\n}";
+    let reply = f.call(Method::POST, "/v1/validate", validate(broken)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let error = reply.error();
+    assert_eq!(error.diagnostics.len(), 1, "{error:?}");
+    let at = &error.diagnostics[0];
+    assert_eq!(
+        (at.file.as_str(), at.line, at.column),
+        ("pasted.sf", 4, 13),
+        "{at:?}"
+    );
+    assert!(at.message.contains("NoSuchThing"), "{at:?}");
+    assert!(error.details[0].contains("pasted.sf:4:13"), "{error:?}");
+
+    // A syntax error is placed too; a deploy of it carries the same places.
+    let reply = f
+        .deploy("syntax", "sfConfig extends Compound {\n  a 1\n}")
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let error = reply.error();
+    assert_eq!(error.diagnostics[0].line, 4, "{error:?}");
+
+    let reply = f.call(Method::POST, "/v1/validate", b"{}".to_vec()).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.error().error.contains("missing field `description`"));
+}
+
+const LIVE: &str = r#"sfConfig extends Compound {
+  sfLivenessDelay 1;
+  sdMaxRestarts 4;
+  a extends ProcessDomain { command [| "/bin/sh", "-c", "echo hello; exec sleep 60" |]; }
+}"#;
+
+fn setting(status: &DeploymentStatus, path: &str, attribute: &str) -> String {
+    let component = status
+        .components
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("no {path}: {status:#?}"));
+    component
+        .settings
+        .iter()
+        .find(|s| s.attribute == attribute)
+        .unwrap_or_else(|| panic!("{path} has no setting {attribute}: {component:#?}"))
+        .value
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_and_its_live_settings_are_read_and_changed_without_a_restart() {
+    let f = fixture().await;
+    assert_eq!(f.deploy("live", LIVE).await.status, StatusCode::CREATED);
+    let status = f.wait("live", running).await;
+    let pid = status.components.iter().find_map(|c| c.pid).expect("a pid");
+
+    let reply = f.get("/v1/deployments/live/components/sfConfig:a").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let component: sd_proto::ComponentStatus = reply.json();
+    assert_eq!(component.pid, Some(pid));
+    let names: Vec<&str> = component
+        .settings
+        .iter()
+        .map(|s| s.attribute.as_str())
+        .collect();
+    assert_eq!(names, ["sfLivenessDelay", "sfLivenessFactor"]);
+    assert_eq!(
+        f.get("/v1/deployments/live/components/a").await.status,
+        StatusCode::OK
+    );
+    let reply = f.get("/v1/deployments/live/components/sfConfig:zz").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.error().error.contains("no component"));
+    assert_eq!(
+        f.get("/v1/deployments/nope/components/a").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let set = |path: &str, attribute: &str, value: &str| {
+        serde_json::to_vec(&sd_proto::ReconfigureRequest {
+            path: path.into(),
+            attribute: attribute.into(),
+            value: value.into(),
+        })
+        .unwrap()
+    };
+    let uri = "/v1/deployments/live/reconfigure";
+    let reply = f
+        .call(Method::POST, uri, set("a", "sfLivenessDelay", "3"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let done: sd_proto::Reconfiguration = reply.json();
+    assert_eq!(
+        (
+            done.path.as_str(),
+            done.previous.as_str(),
+            done.value.as_str()
+        ),
+        ("sfConfig:a", "1", "3")
+    );
+    assert_eq!(done.nodes, ["api-node"]);
+    let reply = f
+        .call(Method::POST, uri, set("sfConfig", "sdMaxRestarts", "9"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let status = f
+        .get("/v1/deployments/live")
+        .await
+        .json::<DeploymentStatus>();
+    assert_eq!(setting(&status, "sfConfig:a", "sfLivenessDelay"), "3");
+    assert_eq!(setting(&status, "sfConfig", "sdMaxRestarts"), "9");
+    assert_eq!(
+        status.components[0]
+            .supervision
+            .as_ref()
+            .unwrap()
+            .max_restarts,
+        9
+    );
+    let a = status
+        .components
+        .iter()
+        .find(|c| c.path == "sfConfig:a")
+        .unwrap();
+    assert_eq!(
+        (a.pid, a.restarts),
+        (Some(pid), 0),
+        "changed without a restart"
+    );
+
+    // Refused, and nothing changes: an invalid value, an attribute that cannot change live,
+    // a value that is not one, no such component, no such deployment.
+    for (body, status_code, says) in [
+        (
+            set("a", "sfLivenessDelay", "-1"),
+            StatusCode::BAD_REQUEST,
+            "sfLivenessDelay",
+        ),
+        (
+            set("a", "command", "1"),
+            StatusCode::BAD_REQUEST,
+            "what can: sfLivenessDelay, sfLivenessFactor",
+        ),
+        (
+            set("a", "sfLivenessDelay", "soon"),
+            StatusCode::BAD_REQUEST,
+            "not a value",
+        ),
+        (
+            set("sfConfig", "sfLivenessDelay", "2"),
+            StatusCode::BAD_REQUEST,
+            "cannot change while it runs",
+        ),
+        (
+            set("zz", "sfLivenessDelay", "2"),
+            StatusCode::BAD_REQUEST,
+            "no running component",
+        ),
+        (
+            b"{\"path\": \"a\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "missing field",
+        ),
+    ] {
+        let reply = f.call(Method::POST, uri, body).await;
+        assert_eq!(reply.status, status_code, "{}", reply.text());
+        let error = reply.error().error;
+        assert!(error.contains(says), "{error}");
+    }
+    let reply = f
+        .call(
+            Method::POST,
+            "/v1/deployments/nope/reconfigure",
+            set("a", "sfLivenessDelay", "2"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let status = f
+        .get("/v1/deployments/live")
+        .await
+        .json::<DeploymentStatus>();
+    assert_eq!(setting(&status, "sfConfig:a", "sfLivenessDelay"), "3");
+
+    // The change is an event.
+    let events: Vec<sd_proto::Event> = f.get("/v1/events").await.json();
+    let change = events
+        .iter()
+        .find(|e| e.state == "reconfigured" && e.path == "sfConfig:a")
+        .expect("a reconfigured event");
+    assert_eq!(change.detail.as_deref(), Some("sfLivenessDelay: 1 -> 3"));
+
+    // A deployment that is not running cannot be changed.
+    f.call(Method::DELETE, "/v1/deployments/live?wait=true", Vec::new())
+        .await;
+    let reply = f
+        .call(Method::POST, uri, set("a", "sfLivenessDelay", "2"))
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_and_followed_as_server_sent_events() {
+    let f = fixture().await;
+    assert_eq!(f.deploy("ev", LIVE).await.status, StatusCode::CREATED);
+    let status = f.wait("ev", running).await;
+    let pid = status.components.iter().find_map(|c| c.pid).expect("a pid");
+
+    let events: Vec<sd_proto::Event> = f.get("/v1/events").await.json();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.deployment == "ev" && e.path.is_empty() && e.state == "running"),
+        "{events:#?}"
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "numbered in order"
+    );
+    assert!(events.iter().all(|e| e.node == "api-node"));
+    let last_seq = events.last().expect("events").seq;
+
+    let bearer = format!("Bearer {TOKEN}");
+    let response = f
+        .app
+        .clone()
+        .oneshot(request(
+            Method::GET,
+            "/v1/events?follow=true",
+            Some(&bearer),
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let mut body = response.into_body().into_data_stream();
+    // Killed behind the node's back: the follower hears it fail and come back.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(seen.contains("\"state\":\"failed\"") && seen.contains("\"state\":\"running\"")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no restart heard within 20 s: {seen}"))
+            .expect("the stream goes on")
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("event: lifecycle\ndata: {"), "{seen}");
+    assert!(seen.contains("\"path\":\"sfConfig:a\""), "{seen}");
+    // Without `history`, only what happened after the stream began.
+    for frame in seen.split("\n\n").filter(|f| !f.trim().is_empty()) {
+        let data = frame.split_once("data: ").expect(frame).1;
+        let event: sd_proto::Event = serde_json::from_str(data).expect(data);
+        assert!(event.seq > last_seq, "{event:?} is history");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text() {
+    let f = fixture().await;
+    assert_eq!(f.deploy("m", LIVE).await.status, StatusCode::CREATED);
+    f.wait("m", running).await;
+    // A liveness check or two (sfLivenessDelay 1).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let reply = f.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = reply.text();
+    for line in [
+        "sd_node_info{node=\"api-node\"} 1\n",
+        "sd_deployments{state=\"running\"} 1\n",
+        "sd_components{state=\"running\"} 2\n",
+        "sd_restarts_total 0\n",
+        "# TYPE sd_liveness_round_trip_seconds histogram\n",
+        "sd_vm_boot_seconds_count 0\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let checks = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sd_liveness_round_trip_seconds_count "))
+        .and_then(|n| n.parse::<f64>().ok())
+        .expect("a liveness count");
+    assert!(checks >= 1.0, "{text}");
+    // Every sample line is `name{labels} value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').expect(line);
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "{line}");
+    }
 }

@@ -492,6 +492,7 @@ mod tests {
                 started_unix_ms: Some(1),
                 last_error: None,
                 supervision,
+                settings: Vec::new(),
             };
         let mut components = vec![component(
             "sfConfig",

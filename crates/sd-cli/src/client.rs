@@ -253,6 +253,56 @@ impl Client {
         }
     }
 
+    /// `GET` a stream of Server-Sent Events and hand each event's `data` to `on_data` as it
+    /// arrives, until the stream ends or `on_data` answers false.
+    pub fn follow_events(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        mut on_data: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let url = self.url(path);
+        // A followed stream is quiet for as long as nothing happens: no overall timeout.
+        let sent = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.authorization)
+            .header("Accept", "text/event-stream")
+            .query_pairs(query.iter().copied())
+            .call();
+        let mut response = self.success(&url, sent)?;
+        let reader = std::io::BufReader::new(response.body_mut().as_reader());
+        let mut data = String::new();
+        for line in std::io::BufRead::lines(reader) {
+            let line = line.map_err(|error| ClientError::Unreachable {
+                url: url.clone(),
+                reason: format!("the stream broke off: {error}"),
+            })?;
+            if let Some(more) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(more.strip_prefix(' ').unwrap_or(more));
+            } else if line.is_empty() && !data.is_empty() {
+                if !on_data(&data) {
+                    return Ok(());
+                }
+                data.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent's URL (no trailing `/`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The token sent (without `Bearer `).
+    pub fn token(&self) -> &str {
+        self.authorization.trim_start_matches("Bearer ")
+    }
+
     /// A 2xx response, or the error it stands for.
     fn success(
         &self,
@@ -277,6 +327,7 @@ impl Client {
         let error = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError {
             error: format!("the agent answered {status} without an explanation: {text}"),
             details: Vec::new(),
+            diagnostics: Vec::new(),
         });
         Err(ClientError::Refused { status, error })
     }
@@ -328,6 +379,7 @@ mod tests {
             error: ApiError {
                 error: "exists".into(),
                 details: Vec::new(),
+                diagnostics: Vec::new(),
             },
         };
         assert_eq!(refused.exit_code(), ExitCode::from(EXIT_FAILED));

@@ -18,6 +18,7 @@
 
 mod client;
 mod commands;
+mod logging;
 mod output;
 
 use std::process::ExitCode;

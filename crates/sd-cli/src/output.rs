@@ -19,6 +19,30 @@ pub enum ListFormat {
     Json,
 }
 
+/// A time as `2026-11-29 16:05:01.123Z` (UTC).
+pub fn utc_time(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
+    let of_day = seconds % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60,
+        unix_ms % 1000
+    )
+}
+
 /// Columns separated by two spaces, each as wide as its widest cell (the last one is not
 /// padded).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -137,6 +161,13 @@ mod tests {
         assert_eq!(duration(61), "1m01s");
         assert_eq!(duration(3 * 3600 + 5 * 60 + 9), "3h05m");
         assert_eq!(duration(2 * 86_400 + 4 * 3600), "2d04h");
+    }
+
+    #[test]
+    fn utc_times_are_civil() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00.000Z");
+        assert_eq!(utc_time(1_795_968_301_123), "2026-11-29 16:05:01.123Z");
     }
 
     #[test]

@@ -303,6 +303,9 @@ impl Peers for ClusterPeers {
             rpc_open_connections: rpc.open_connections,
             rpc_p50_us: micros(0.5),
             rpc_p99_us: micros(0.99),
+            rpc_latency_buckets: rpc.latency_buckets.to_vec(),
+            rpc_bytes_sent: rpc.bytes_sent,
+            rpc_bytes_received: rpc.bytes_received,
         })
     }
 

@@ -9,8 +9,9 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{Error, Result};
 
-/// The version of the wire protocol; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of the wire protocol; peers with another version are refused. 2: name claims,
+/// live reconfiguration and cluster events.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest message accepted or sent, in bytes (16 MiB).
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;

@@ -156,6 +156,79 @@ pub struct ComponentStatus {
     /// How it supervises its children, for a component that has some.
     #[serde(default)]
     pub supervision: Option<Supervision>,
+    /// The attributes that can be changed while it runs (`sd set`), with their values now.
+    #[serde(default)]
+    pub settings: Vec<Setting>,
+}
+
+/// An attribute of a running component that `sd set` (or the console) can change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// The attribute, e.g. `sfLivenessDelay`.
+    pub attribute: String,
+    /// Its value now, in SmartFrog notation (`5`, `2.5`, `true`).
+    pub value: String,
+}
+
+/// `POST /v1/deployments/{name}/reconfigure`: change one attribute of a running component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconfigureRequest {
+    /// The component, e.g. `sfConfig:pool:r1`.
+    pub path: String,
+    /// The attribute (one of the component's [`Setting`]s).
+    pub attribute: String,
+    /// The new value, in SmartFrog notation.
+    pub value: String,
+}
+
+/// A live change made to a deployment (`sd set`): the attribute `attribute` of the component
+/// at `path` has `value` (SmartFrog notation) instead of what its description says. A
+/// deployment's changes are kept with its record and applied, in order, each time it is
+/// planned (a restart, a takeover), so they last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// The component, e.g. `sfConfig:pool:r1`.
+    pub path: String,
+    /// The attribute.
+    pub attribute: String,
+    /// The value, in SmartFrog notation.
+    pub value: String,
+}
+
+/// The answer to a reconfiguration that was validated and committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconfiguration {
+    /// The deployment.
+    pub deployment: String,
+    /// The component.
+    pub path: String,
+    /// The attribute.
+    pub attribute: String,
+    /// Its value before.
+    pub previous: String,
+    /// Its value now.
+    pub value: String,
+    /// The nodes that validated and committed it.
+    pub nodes: Vec<String>,
+}
+
+/// `POST /v1/validate`: check a description without deploying it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidateRequest {
+    /// The description text.
+    pub description: String,
+    /// Where it came from (a file name), for messages.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// The answer to a valid description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validation {
+    /// Always true (an invalid description is a 400 error).
+    pub ok: bool,
+    /// How many components would run.
+    pub components: usize,
 }
 
 /// A parent's declared supervision: what INV-5 holds its restarts to.
@@ -181,6 +254,10 @@ pub struct DeploymentStatus {
 /// A lifecycle event: a component (or a deployment, with `path` empty) changed state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// Its number on the node it happened on (from 1, one more per event of that node's
+    /// agent run); with `node`, it names the event.
+    #[serde(default)]
+    pub seq: u64,
     /// The deployment.
     pub deployment: String,
     /// The component's path; empty for the deployment itself.
@@ -204,6 +281,22 @@ pub struct ApiError {
     /// More lines, e.g. each description error with its file:line:column and caret.
     #[serde(default)]
     pub details: Vec<String>,
+    /// Where an invalid description is wrong: one entry per error that has a place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// One error of a description, at its place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// The file (the deploy's `source`, or an included file).
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column, in characters.
+    pub column: u32,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// `GET /v1/node`: the agent answering.
@@ -291,6 +384,16 @@ pub struct ClusterStats {
     /// 99th percentile peer request round trip, in microseconds (an upper bound within 2x).
     #[serde(default)]
     pub rpc_p99_us: Option<u64>,
+    /// Peer request round trips: entry `i` counts the answered requests that took
+    /// `[2^i, 2^(i+1))` microseconds.
+    #[serde(default)]
+    pub rpc_latency_buckets: Vec<u64>,
+    /// Peer transport bytes sent (requests and replies).
+    #[serde(default)]
+    pub rpc_bytes_sent: u64,
+    /// Peer transport bytes received.
+    #[serde(default)]
+    pub rpc_bytes_received: u64,
 }
 
 /// Faults injected into one kind of link of a node: what it sends is lost, delayed or

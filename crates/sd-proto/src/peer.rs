@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeploymentStatus, DeploymentSummary, NodeInfo};
+use crate::{DeploymentStatus, DeploymentSummary, Event, NodeInfo, Override};
 
 /// Which fragment a request is about: one component of a deployment, run for one incarnation
 /// of its parent's proxy under one epoch.
@@ -43,6 +43,8 @@ pub struct FragmentSpec {
     pub source: String,
     /// Take over a fragment already running here under an older epoch instead of starting it.
     pub adopt: bool,
+    /// The live changes made to the deployment so far, applied to the description in order.
+    pub overrides: Vec<Override>,
 }
 
 /// A deployment record as its root replicates it to peers, so that another node can take the
@@ -57,6 +59,17 @@ pub struct Replica {
     pub epoch: u64,
     /// Where each fragment runs: (plan index, node).
     pub placements: Vec<(u32, String)>,
+    /// The live changes made to the deployment so far.
+    pub overrides: Vec<Override>,
+}
+
+/// Which phase of a live reconfiguration a [`PeerRequest::Reconfigure`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Check that the change can be made here; change nothing.
+    Validate,
+    /// Make it: record it durably, then apply it to the running components.
+    Commit,
 }
 
 /// Who claims a deployment name: one deploy through one node. A retry of the same deploy
@@ -166,6 +179,25 @@ pub enum PeerRequest {
         /// Whose claim.
         claimant: ClaimId,
     },
+    /// One phase of a live reconfiguration of a deployment the receiver holds part of:
+    /// `overrides` is the deployment's whole list of changes with the new one (`change`)
+    /// last. Answered with [`PeerResponse::Done`] or [`PeerResponse::Refused`] (why).
+    Reconfigure {
+        /// The deployment.
+        deployment: String,
+        /// The epoch the coordinator saw it under.
+        epoch: u64,
+        /// Every change, the new one last.
+        overrides: Vec<Override>,
+        /// Validate or commit.
+        phase: Phase,
+    },
+    /// The lifecycle events this node's agent recorded after its event number `after`
+    /// (at most a few thousand, oldest first). Answered with [`PeerResponse::Events`].
+    Events {
+        /// The last event number the asker has.
+        after: u64,
+    },
 }
 
 /// A component's failure, as it crosses the network.
@@ -210,4 +242,6 @@ pub enum PeerResponse {
     Granted,
     /// The claim on a deployment name is not granted, and why.
     NotGranted(ClaimRefusal),
+    /// Lifecycle events, oldest first.
+    Events(Vec<Event>),
 }

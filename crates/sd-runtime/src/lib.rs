@@ -29,14 +29,16 @@
 
 pub mod cluster;
 pub mod component;
+pub mod metrics;
 pub mod node;
 pub mod plan;
 mod records;
+pub mod settings;
 pub mod supervision;
 mod vm_host;
 
 pub use cluster::Peers;
-pub use node::{LogLocation, Node, NodeConfig, TestBreaks};
+pub use node::{EventCursor, LogLocation, Node, NodeConfig, NodeMetrics, TestBreaks};
 pub use sd_drivers::qemu::Accelerator;
 
 /// What went wrong in the runtime. The messages name the deployment, component and attribute.
@@ -52,11 +54,33 @@ pub enum Error {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// A live change of an attribute was refused; nothing changed.
+    #[error("cannot set `{path}:{attribute}`: {reason}")]
+    Setting {
+        /// The component's path.
+        path: String,
+        /// The attribute.
+        attribute: String,
+        /// Why.
+        reason: String,
+    },
+    /// The deployment is not running, so it cannot be changed live.
+    #[error(
+        "deployment \"{name}\" is {state}, not running: only a running deployment can be changed live"
+    )]
+    NotRunning {
+        /// The deployment.
+        name: String,
+        /// Its state.
+        state: String,
+    },
     /// The description does not resolve or plan; nothing was started.
     #[error("the description is invalid ({} error{})", errors.len(), if errors.len() == 1 { "" } else { "s" })]
     InvalidDescription {
         /// Each error, rendered with its file:line:column and caret where it has one.
         errors: Vec<String>,
+        /// Where each error that has a place is.
+        diagnostics: Vec<sd_proto::Diagnostic>,
     },
     /// The deployment name breaks the naming rule.
     #[error("invalid deployment name \"{name}\": {rule}")]

@@ -232,12 +232,24 @@ fn invalid(path: &[String], attribute: &'static str, reason: impl Into<String>) 
 
 /// Checks a resolved `sfConfig` and lists what will run; every error is reported.
 pub fn plan(config: &Component) -> std::result::Result<Plan, Vec<Error>> {
+    plan_with(config, &[])
+}
+
+/// [`plan`], with the live changes made to the deployment applied first (to the tree with
+/// its pools expanded), so that a changed value is checked like a written one.
+pub fn plan_with(
+    config: &Component,
+    overrides: &[sd_proto::Override],
+) -> std::result::Result<Plan, Vec<Error>> {
     let mut config = config.clone();
     let mut planner = Planner {
         components: Vec::new(),
         errors: Vec::new(),
     };
     expand_pools(&mut config, &mut Vec::new(), &mut planner.errors);
+    planner
+        .errors
+        .extend(crate::settings::apply(&mut config, overrides));
     planner.visit(&config, Vec::new(), None);
     if planner.errors.is_empty() {
         Ok(Plan {

@@ -29,6 +29,10 @@ use crate::{Error, Result};
 /// How many lifecycle events a slow listener may fall behind before it loses some.
 const EVENT_BACKLOG: usize = 4096;
 
+/// How many of its latest lifecycle events the node keeps for those who ask (`sd events`,
+/// the console, other nodes gathering the cluster's).
+const EVENT_JOURNAL: usize = 2048;
+
 /// How long the writer waits before trying a failed commit again, if no flush asks sooner;
 /// doubled after each failure up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -68,7 +72,17 @@ pub(crate) struct Records {
     table: Arc<Mutex<HashMap<String, DeploymentEntry>>>,
     writes: mpsc::UnboundedSender<Write>,
     events: broadcast::Sender<Event>,
+    /// The latest events, oldest first, numbered from 1 in this agent run.
+    journal: Arc<Mutex<Journal>>,
     node: Arc<str>,
+}
+
+#[derive(Default)]
+struct Journal {
+    events: std::collections::VecDeque<Event>,
+    last_seq: u64,
+    /// Every event since the agent started, by (`deployment` or `component`, state).
+    counts: BTreeMap<(&'static str, String), u64>,
 }
 
 impl Records {
@@ -99,6 +113,7 @@ impl Records {
             table: Arc::new(Mutex::new(table)),
             writes,
             events,
+            journal: Arc::default(),
             node: node.into(),
         };
         Ok((records, entries))
@@ -116,25 +131,84 @@ impl Records {
         self.events.subscribe()
     }
 
-    fn publish(&self, deployment: &str, path: &str, state: &str, detail: Option<String>) {
-        // No listener is not an error.
-        let _ = self.events.send(Event {
-            deployment: deployment.to_string(),
-            path: path.to_string(),
-            state: state.to_string(),
-            node: self.node.to_string(),
-            unix_ms: unix_ms_now(),
-            detail,
-        });
+    /// How many events there were since the agent started, by (`deployment` or `component`,
+    /// state).
+    pub fn event_counts(&self) -> BTreeMap<(&'static str, String), u64> {
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counts
+            .clone()
     }
 
-    /// Records a deployment (new or changed) and publishes its state.
+    /// The events kept with a number above `after`, oldest first.
+    pub fn events_after(&self, after: u64) -> Vec<Event> {
+        let journal = self
+            .journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A number above the last one is an asker that knew an earlier agent run: it gets all.
+        let after = if after > journal.last_seq { 0 } else { after };
+        journal
+            .events
+            .iter()
+            .filter(|event| event.seq > after)
+            .cloned()
+            .collect()
+    }
+
+    fn publish(&self, deployment: &str, path: &str, state: &str, detail: Option<String>) {
+        let event = {
+            let mut journal = self
+                .journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            journal.last_seq += 1;
+            let of = if path.is_empty() {
+                "deployment"
+            } else {
+                "component"
+            };
+            *journal.counts.entry((of, state.to_string())).or_default() += 1;
+            let event = Event {
+                seq: journal.last_seq,
+                deployment: deployment.to_string(),
+                path: path.to_string(),
+                state: state.to_string(),
+                node: self.node.to_string(),
+                unix_ms: unix_ms_now(),
+                detail,
+            };
+            if journal.events.len() == EVENT_JOURNAL {
+                journal.events.pop_front();
+            }
+            journal.events.push_back(event.clone());
+            event
+        };
+        tracing::info!(
+            deployment = %event.deployment,
+            path = %event.path,
+            state = %event.state,
+            detail = event.detail.as_deref().unwrap_or(""),
+            "lifecycle"
+        );
+        // No listener is not an error.
+        let _ = self.events.send(event);
+    }
+
+    /// Records a deployment (new or changed) and publishes its state if that changed.
     pub fn put_deployment(&self, record: DeploymentRecord) {
         let detail = match &record.state {
             sd_proto::DeploymentState::Failed { reason } => Some(reason.clone()),
             _ => None,
         };
-        self.publish(&record.name, "", record.state.name(), detail);
+        let before = self
+            .table()
+            .get(&record.name)
+            .map(|entry| entry.record.state.clone());
+        if before.as_ref() != Some(&record.state) {
+            self.publish(&record.name, "", record.state.name(), detail);
+        }
         self.table()
             .entry(record.name.clone())
             .and_modify(|entry| entry.record = record.clone())
@@ -179,12 +253,14 @@ impl Records {
             change(record);
             let record = record.clone();
             if created || record.state != before {
-                self.publish(
-                    deployment,
-                    &record.path,
-                    record.state.name(),
-                    record.last_error.clone(),
-                );
+                // The last error explains a failure or a restart, not what follows.
+                let detail = matches!(
+                    record.state,
+                    ComponentState::Failed | ComponentState::Restarting
+                )
+                .then(|| record.last_error.clone())
+                .flatten();
+                self.publish(deployment, &record.path, record.state.name(), detail);
             }
             record
         };
@@ -453,6 +529,7 @@ mod tests {
             root_node: "n1".to_owned(),
             created_unix_ms: 0,
             updated_unix_ms: 0,
+            overrides: Vec::new(),
         }
     }
 

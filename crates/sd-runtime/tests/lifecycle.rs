@@ -239,8 +239,15 @@ async fn bad_input_is_refused_and_running_deployments_are_untouched() {
         .await
         .unwrap_err();
     match &invalid {
-        sd_runtime::Error::InvalidDescription { errors } => {
+        sd_runtime::Error::InvalidDescription {
+            errors,
+            diagnostics,
+        } => {
             assert!(errors[0].contains("bad.sf:2:"), "{errors:?}");
+            // The same error at its place, for the console to point at.
+            assert_eq!(diagnostics[0].file, "bad.sf", "{diagnostics:?}");
+            assert_eq!(diagnostics[0].line, 2, "{diagnostics:?}");
+            assert!(diagnostics[0].column > 1, "{diagnostics:?}");
         }
         other => panic!("{other}"),
     }

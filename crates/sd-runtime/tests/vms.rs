@@ -132,13 +132,33 @@ async fn boot_crash_balloon_terminate(backend: &str) {
         assert!(std::time::Instant::now() < deadline, "balloon to 96 MiB");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    qmp.set_balloon(80).await.unwrap();
+    // `sd set`: the running guest's memory, through the runtime, within what it booted with.
+    // (QEMU serves one QMP client at a time: the test lets go of its own meanwhile.)
+    drop(qmp);
+    let set = |value: &str| sd_proto::ReconfigureRequest {
+        path: "vm1".into(),
+        attribute: "memory".into(),
+        value: value.into(),
+    };
+    let refused = t.node.reconfigure("vms", set("200")).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("between 16 and 128 MiB"),
+        "{refused}"
+    );
+    let done = t.node.reconfigure("vms", set("80")).await.unwrap();
+    assert_eq!((done.previous.as_str(), done.value.as_str()), ("96", "80"));
+    let mut qmp = sd_drivers::qemu::qmp::Qmp::connect(&socket).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while qmp.balloon().await.unwrap() != 80 {
         assert!(std::time::Instant::now() < deadline, "balloon to 80 MiB");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(qmp);
+    assert_eq!(
+        pid(&t.node.status("vms").unwrap(), "sfConfig:vm1"),
+        vmm,
+        "not restarted"
+    );
 
     // Crash on demand: the guest panics, QEMU exits, the host's strategy restarts it.
     let mut crash = std::net::TcpStream::connect(("127.0.0.1", crash_port)).unwrap();

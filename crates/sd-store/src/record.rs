@@ -25,6 +25,9 @@ pub struct DeploymentRecord {
     pub created_unix_ms: u64,
     /// When this record last changed (milliseconds since the Unix epoch).
     pub updated_unix_ms: u64,
+    /// The live changes made to it (`sd set`), applied to `description` in order.
+    #[serde(default)]
+    pub overrides: Vec<sd_proto::Override>,
 }
 
 /// One component of a deployment: one node of its resolved tree.

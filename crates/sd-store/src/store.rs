@@ -705,6 +705,7 @@ mod tests {
             root_node: "n1".to_owned(),
             created_unix_ms: 0,
             updated_unix_ms: 0,
+            overrides: Vec::new(),
         }
     }
 

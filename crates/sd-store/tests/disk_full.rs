@@ -91,6 +91,7 @@ fn deployment(name: &str, description_bytes: usize) -> DeploymentRecord {
         root_node: "node-a".to_owned(),
         created_unix_ms: 1_700_000_000_000,
         updated_unix_ms: 1_700_000_000_000,
+        overrides: Vec::new(),
     }
 }
 

@@ -25,6 +25,7 @@ fn deployment(name: &str) -> DeploymentRecord {
         root_node: "node-a".to_owned(),
         created_unix_ms: 1_700_000_000_000,
         updated_unix_ms: 1_700_000_000_500,
+        overrides: Vec::new(),
     }
 }
 

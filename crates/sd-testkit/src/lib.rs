@@ -10,6 +10,7 @@
 //! table is removed.
 
 mod api;
+mod browser;
 mod disk;
 mod partition;
 
@@ -19,6 +20,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use api::Probe;
+pub use browser::Browser;
 use disk::SmallDisk;
 pub use partition::Partition;
 use sd_proto::{DeploymentStatus, DeploymentSummary, MemberInfo};
@@ -53,6 +55,12 @@ pub enum Error {
     /// No node of that name in the cluster.
     #[error("no node named {0} in this cluster")]
     UnknownNode(String),
+    /// The browser of a browser test (WebDriver) failed or answered with an error.
+    #[error("browser: {reason}")]
+    Browser {
+        /// What happened.
+        reason: String,
+    },
     /// A file of the cluster could not be used.
     #[error("{path}: {source}")]
     Io {

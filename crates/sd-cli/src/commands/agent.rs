@@ -13,8 +13,10 @@ use sd_runtime::{Accelerator, Node, NodeConfig, TestBreaks};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::{Instrument, info, warn};
 
 use super::{EXIT_FAILED, EXIT_USAGE};
+use crate::logging::{self, LogFormat};
 use crate::output::say;
 
 /// Where the API listens when neither a flag nor the config file says.
@@ -36,7 +38,8 @@ pub struct AgentArgs {
     /// Where the node keeps its state, logs and working directories (config key `data_dir`).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// A TOML file with the keys `name`, `data_dir`, `api_listen` and `vm_accelerator`.
+    /// A TOML file with the keys of these flags: `name`, `data_dir`, `api_listen`,
+    /// `vm_accelerator`, `log_format`, `log_level` and the cluster's keys.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The address the API listens on; port 0 picks a free port [config key `api_listen`;
@@ -65,6 +68,14 @@ pub struct AgentArgs {
     /// [config key `labels`, a table].
     #[arg(long, value_name = "KEY=VALUE")]
     pub label: Vec<String>,
+    /// How the log on stderr is written: `text`, one line per event for people, or `json`,
+    /// one JSON object per line [config key `log_format`; default text].
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
+    /// Which events are logged: an EnvFilter directive list such as `info`, `debug` or
+    /// `warn,sd=debug,sd_runtime=debug` [config key `log_level`; default info].
+    #[arg(long, env = "SD_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Chaos runs only: accept faults to inject into this node's gossip and QUIC traffic
     /// through `PUT /v1/chaos/faults` (what `sd chaos run` starts its agents with).
     #[arg(long, hide = true)]
@@ -90,6 +101,8 @@ struct AgentConfig {
     join: Vec<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
 }
 
 /// How the node joins its cluster.
@@ -113,6 +126,9 @@ struct Settings {
     /// Whether faults may be injected through the API.
     chaos: bool,
     test_breaks: TestBreaks,
+    log_format: LogFormat,
+    /// The log filter's directives, checked: [`logging::filter`] accepts them.
+    log_filter: String,
 }
 
 fn address(flag: &str, text: &str) -> Result<SocketAddr, String> {
@@ -212,6 +228,19 @@ fn settings(args: &AgentArgs) -> Result<Settings, String> {
             "--chaos needs a cluster (--cluster-dir): faults are injected into its traffic".into(),
         );
     }
+    let log_format = match args.log_format.clone().or(config.log_format) {
+        None => LogFormat::default(),
+        Some(text) => text
+            .parse()
+            .map_err(|error| format!("--log-format (or `log_format`) is {error}"))?,
+    };
+    let log_filter = args
+        .log_level
+        .clone()
+        .or(config.log_level)
+        .unwrap_or_else(|| logging::DEFAULT_FILTER.to_string());
+    logging::filter(&log_filter)
+        .map_err(|error| format!("--log-level (or SD_LOG, or `log_level`): {error}"))?;
     let mut test_breaks = TestBreaks::default();
     for mechanism in &args.unsafe_test_break {
         match mechanism.as_str() {
@@ -232,6 +261,8 @@ fn settings(args: &AgentArgs) -> Result<Settings, String> {
         cluster,
         chaos: args.chaos,
         test_breaks,
+        log_format,
+        log_filter,
     })
 }
 
@@ -244,6 +275,16 @@ pub fn agent(args: &AgentArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let log_format = settings.log_format;
+    // The filter was checked with the other settings; only a second subscriber could fail.
+    if let Err(message) =
+        logging::filter(&settings.log_filter).and_then(|filter| logging::init(log_format, filter))
+    {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    // Every event of the agent's own tasks carries the node's name.
+    let span = tracing::info_span!("agent", node = %settings.name);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -251,19 +292,37 @@ pub fn agent(args: &AgentArgs) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            span.in_scope(|| {
+                fatal(
+                    log_format,
+                    &format!("cannot start the async runtime: {error}"),
+                );
+            });
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let outcome = runtime.block_on(run(settings));
+    let outcome = runtime.block_on(run(settings).instrument(span.clone()));
     // Workloads do not depend on the agent's tasks; what is left of those may just stop.
     runtime.shutdown_timeout(RUNTIME_GRACE);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", message(&error));
+            span.in_scope(|| fatal(log_format, &message(&error)));
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Reports the error that ends the agent. In text the line is `error: MESSAGE`, as every
+/// `sd` command ends on an error; in JSON it is an `ERROR` event (message `agent failed`,
+/// field `error`), so that every line on stderr stays a JSON object, unless the filter
+/// leaves that event out: an agent must not die without a word.
+fn fatal(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Json if tracing::enabled!(tracing::Level::ERROR) => {
+            tracing::error!(error = message, "agent failed");
+        }
+        LogFormat::Text | LogFormat::Json => eprintln!("error: {message}"),
     }
 }
 
@@ -293,6 +352,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         cluster,
         chaos,
         test_breaks,
+        log_format: _,
+        log_filter: _,
     } = settings;
     // Before anything starts, so that a signal sent as soon as the agent is up is not lost.
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -317,78 +378,109 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await
     .with_context(|| format!("cannot open node {name} on `{}`", data_dir.display()))?;
-    if let Some((cluster, _)) = &joined {
-        cluster.attach(node.clone());
-        say(&format!(
-            "sd agent {name}: peers on {} (QUIC, mutual TLS), gossip on {}",
-            cluster.peer_addr(),
-            cluster.gossip_addr()
-        ));
+    let joins = cluster
+        .as_ref()
+        .filter(|settings| !settings.join.is_empty())
+        .map(|settings| {
+            let joins: Vec<String> = settings.join.iter().map(ToString::to_string).collect();
+            joins.join(",")
+        });
+    if let Some((started, _)) = &joined {
+        started.attach(node.clone());
+        info!(
+            peers = %started.peer_addr(),
+            gossip = %started.gossip_addr(),
+            join = joins.as_deref(),
+            "cluster started: peers over QUIC with mutual TLS, sealed gossip"
+        );
     }
     // What happens to whole deployments (deployed, running, taken over, stepped down,
-    // failed, terminated) is printed, one line each: the agent's log tells its story.
+    // failed, terminated) is logged, one event each: the agent's log tells its story.
     let mut events = node.events();
-    let node_name = name.clone();
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(event) if event.path.is_empty() => {
-                    let detail = event
-                        .detail
-                        .map(|detail| format!(": {detail}"))
-                        .unwrap_or_default();
-                    say(&format!(
-                        "sd agent {node_name}: deployment {} {}{detail}",
-                        event.deployment, event.state
-                    ));
+    tokio::spawn(
+        async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.path.is_empty() => {
+                        let detail = event.detail.as_deref();
+                        if event.state == "failed" {
+                            warn!(
+                                deployment = %event.deployment,
+                                state = %event.state,
+                                detail,
+                                "deployment state changed"
+                            );
+                        } else {
+                            info!(
+                                deployment = %event.deployment,
+                                state = %event.state,
+                                detail,
+                                "deployment state changed"
+                            );
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        warn!(missed, "the log fell behind and missed events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
-    });
+        .in_current_span(),
+    );
     let served = async {
         let token = sd_api::load_or_create_token(&data_dir)?;
         let address = api_address;
         sd_api::write_url_file(&data_dir, address)?;
+        // Tools wait for this line on stdout: it stays as it is, whatever the log's format.
         say(&format!(
             "sd agent {name}: api on http://{address}, data in {}",
             data_dir.display()
         ));
+        info!(
+            node = %name,
+            api = %format_args!("http://{address}"),
+            data_dir = %data_dir.display(),
+            "agent ready"
+        );
         // A node without QEMU says so at once; with QEMU, once the accelerator is probed.
         let prober = node.clone();
-        let node_name = name.clone();
         let cluster = joined.as_ref().map(|(cluster, _)| cluster.clone());
-        tokio::spawn(async move {
-            let driver = prober.vm_driver().await;
-            say(&format!("sd agent {node_name}: vm driver {driver}"));
-            if let Some(cluster) = cluster {
-                // `qemu: tcg (why)` -> `tcg`; no QEMU: what is missing.
-                let accelerator = driver
-                    .strip_prefix("qemu: ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .unwrap_or(&driver);
-                cluster.publish_accelerator(accelerator).await;
+        tokio::spawn(
+            async move {
+                let driver = prober.vm_driver().await;
+                info!(driver = driver.as_str(), "vm driver chosen");
+                if let Some(cluster) = cluster {
+                    // `qemu: tcg (why)` -> `tcg`; no QEMU: what is missing.
+                    let accelerator = driver
+                        .strip_prefix("qemu: ")
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .unwrap_or(&driver);
+                    cluster.publish_accelerator(accelerator).await;
+                }
             }
-        });
+            .in_current_span(),
+        );
         let stop = async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            }
-        };
+            let signal = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            info!(
+                signal = %signal,
+                "stopping: the API takes no new requests, the workloads keep running"
+            );
+        }
+        .in_current_span();
         let mut extras = sd_api::Extras::default();
         if chaos && let Some((cluster, _)) = &joined {
             let cluster = cluster.clone();
             extras.fault_hook = Some(Arc::new(move |faults| cluster.set_faults(faults)));
-            say(&format!(
-                "sd agent {name}: chaos: faults may be injected through the API"
-            ));
+            warn!("chaos: faults may be injected through the API");
         }
         if test_breaks != TestBreaks::default() {
-            say(&format!(
-                "sd agent {name}: UNSAFE, for tests only: {test_breaks:?}"
-            ));
+            warn!(breaks = ?test_breaks, "UNSAFE, for tests only: safety mechanisms are off");
         }
         sd_api::serve(node.clone(), listener, token, extras, stop).await?;
         anyhow::Ok(())
@@ -403,7 +495,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // The store is still ours (locked), so the URL file is this agent's or a dead one's.
     let removed = sd_api::remove_url_file(&data_dir);
     served?;
-    Ok(removed?)
+    removed?;
+    info!("agent stopped");
+    Ok(())
 }
 
 /// Joins the cluster: loads this node's identity, starts the transport and the gossip.
@@ -479,9 +573,60 @@ mod tests {
             peer_listen: None,
             join: Vec::new(),
             label: Vec::new(),
+            log_format: None,
+            log_level: None,
             chaos: false,
             unsafe_test_break: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_log_format_and_filter_come_from_flags_or_the_config_file() {
+        let flags = args(Some("n"), Some("/d"), None);
+        let defaults = settings(&flags).unwrap();
+        assert_eq!(defaults.log_format, LogFormat::Text);
+        assert_eq!(defaults.log_filter, "info");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "name = \"n1\"\ndata_dir = \"/d\"\nlog_format = \"json\"\nlog_level = \"warn\"\n",
+        )
+        .unwrap();
+        let mut flags = args(None, None, Some(file.clone()));
+        let from_file = settings(&flags).unwrap();
+        assert_eq!(from_file.log_format, LogFormat::Json);
+        assert_eq!(from_file.log_filter, "warn");
+        flags.log_format = Some("text".into());
+        flags.log_level = Some("debug,sd=trace".into());
+        let overridden = settings(&flags).unwrap();
+        assert_eq!(overridden.log_format, LogFormat::Text);
+        assert_eq!(overridden.log_filter, "debug,sd=trace");
+
+        flags.log_format = Some("yaml".into());
+        let error = settings(&flags).unwrap_err();
+        assert_eq!(
+            error,
+            "--log-format (or `log_format`) is \"yaml\": use text or json"
+        );
+        flags.log_format = None;
+        flags.log_level = Some("sd=loud".into());
+        let error = settings(&flags).unwrap_err();
+        assert!(
+            error.starts_with("--log-level (or SD_LOG, or `log_level`): \"sd=loud\""),
+            "{error}"
+        );
+        std::fs::write(
+            &file,
+            "name = \"n1\"\ndata_dir = \"/d\"\nlog_format = \"xml\"\n",
+        )
+        .unwrap();
+        let error = settings(&args(None, None, Some(file))).unwrap_err();
+        assert!(
+            error.contains("`log_format`") && error.contains("\"xml\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! The subcommands: `resolve` and `validate` work on a description alone; `agent` runs a
-//! node; `deploy`, `terminate`, `status`, `ls` and `logs` talk to an agent through
+//! node; `deploy`, `terminate`, `status`, `ls`, `logs`, `set`, `events` and `console` talk to
+//! an agent through
 //! [`crate::client`]; `demo` shows them at work on a throwaway agent.
 
 mod agent;
 mod chaos;
 mod cluster;
+mod console;
 mod demo;
 mod deploy;
 mod describe;
+mod events;
 mod logs;
 mod ls;
 mod nodes;
+mod set;
 mod status;
 mod terminate;
 
@@ -42,6 +46,13 @@ pub enum Command {
     Ls(ls::LsArgs),
     /// Print a domain's output (`--follow` to go on printing it).
     Logs(logs::LogsArgs),
+    /// Change an attribute of a running component without restarting it (validated on every
+    /// node involved, then committed, durably).
+    Set(set::SetArgs),
+    /// Print the cluster's lifecycle events (`--follow` to go on printing them).
+    Events(events::EventsArgs),
+    /// Print the address of the agent's web console (with the token, for this machine's user).
+    Console(console::ConsoleArgs),
     /// Chaos testing: run a seeded fault scenario against a local cluster and check the
     /// invariants.
     #[command(subcommand)]
@@ -71,6 +82,9 @@ pub fn run(command: Command) -> ExitCode {
         Command::Status(args) => status::status(&args),
         Command::Ls(args) => ls::ls(&args),
         Command::Logs(args) => logs::logs(&args),
+        Command::Set(args) => set::set(&args),
+        Command::Events(args) => events::events(&args),
+        Command::Console(args) => console::console(&args),
         Command::Chaos(command) => chaos::chaos(&command),
         Command::Demo => demo::demo(),
     }

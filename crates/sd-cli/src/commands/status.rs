@@ -141,6 +141,7 @@ mod tests {
             started_unix_ms: Some(now - 5_000),
             last_error: error.map(str::to_string),
             supervision: None,
+            settings: Vec::new(),
         };
         let status = DeploymentStatus {
             deployment: DeploymentSummary {

@@ -82,7 +82,7 @@ pub(crate) struct Container {
 
 impl Container {
     pub fn new(deployment: &Deployment, index: usize, description: &sd_lang::Component) -> Self {
-        let planned = &deployment.plan.components[index];
+        let planned = &deployment.plan().components[index];
         let slots = planned
             .children
             .iter()
@@ -94,8 +94,8 @@ impl Container {
                 ended: false,
                 restarting: false,
                 missed: 0,
-                factor: deployment.plan.components[child].liveness.factor.max(1),
-                delay: deployment.plan.components[child].liveness.delay,
+                factor: deployment.plan().components[child].liveness.factor.max(1),
+                delay: deployment.plan().components[child].liveness.delay,
                 due: std::time::Instant::now(),
                 ping_in_flight: false,
             })
@@ -110,7 +110,7 @@ impl Container {
             policies: planned
                 .children
                 .iter()
-                .map(|&child| deployment.plan.components[child].restart)
+                .map(|&child| deployment.plan().components[child].restart)
                 .collect(),
             sync_terminate: matches!(
                 description.get("sfSyncTerminate"),
@@ -119,7 +119,7 @@ impl Container {
             tick: planned
                 .children
                 .iter()
-                .map(|&child| deployment.plan.components[child].liveness.delay)
+                .map(|&child| deployment.plan().components[child].liveness.delay)
                 .filter(|delay| !delay.is_zero())
                 .min()
                 .unwrap_or(Duration::ZERO),
@@ -129,6 +129,46 @@ impl Container {
 
     fn concurrent(&self) -> bool {
         matches!(self.kind, Kind::Parallel | Kind::Pool)
+    }
+
+    /// Takes the live settings of the plan as it is now (after a reconfiguration): its own
+    /// restart intensity, and its children's liveness checks. Restart counts are kept, and a
+    /// check made sooner by the change is due sooner.
+    pub fn reload_settings(
+        &mut self,
+        myself: &ActorRef<ComponentMsg>,
+        deployment: &Deployment,
+        index: usize,
+    ) {
+        let plan = deployment.plan();
+        let planned = &plan.components[index];
+        self.supervisor.reconfigure(supervisor_spec(
+            planned.supervisor.unwrap_or_default(),
+            deployment.services.breaks,
+        ));
+        let now = std::time::Instant::now();
+        for slot in &mut self.slots {
+            let liveness = plan.components[slot.index].liveness;
+            slot.factor = liveness.factor.max(1);
+            slot.delay = liveness.delay;
+            slot.due = slot.due.min(now + liveness.delay);
+        }
+        let tick = self
+            .slots
+            .iter()
+            .map(|slot| slot.delay)
+            .filter(|delay| !delay.is_zero())
+            .min()
+            .unwrap_or(Duration::ZERO);
+        if tick != self.tick {
+            self.tick = tick;
+            self.stop_liveness();
+            // Only a started container checks its children (a check of a child not yet
+            // running is skipped anyway).
+            if !tick.is_zero() && self.slots.iter().any(|slot| slot.running) {
+                self.ticker = Some(myself.send_interval(tick, || ComponentMsg::LivenessTick));
+            }
+        }
     }
 
     pub fn stop_liveness(&mut self) {
@@ -195,7 +235,7 @@ impl Container {
         } else {
             for pos in 0..self.slots.len() {
                 let slot = &mut self.slots[pos];
-                let path = deployment.plan.components[slot.index].path_text();
+                let path = deployment.plan().components[slot.index].path_text();
                 let Some(child) = slot.child.clone() else {
                     continue;
                 };
@@ -217,7 +257,7 @@ impl Container {
     /// terminated and the first failure (in declaration order) is returned.
     async fn all_at_once(&mut self, deployment: &Deployment, step: Step) -> Outcome {
         let outcomes = join_all(self.slots.iter().map(|slot| {
-            let path = deployment.plan.components[slot.index].path_text();
+            let path = deployment.plan().components[slot.index].path_text();
             let child = slot.child.clone();
             async move {
                 match child {
@@ -283,7 +323,7 @@ impl Container {
     }
 
     /// Pings every running child whose check is due; the answers come back as messages.
-    pub fn ping_children(&mut self, myself: &ActorRef<ComponentMsg>) {
+    pub fn ping_children(&mut self, myself: &ActorRef<ComponentMsg>, deployment: &Deployment) {
         let now = std::time::Instant::now();
         for slot in &mut self.slots {
             let Some(child) = slot.child.clone() else {
@@ -296,8 +336,16 @@ impl Container {
             slot.due = now + slot.delay;
             let (index, incarnation, timeout) = (slot.index, slot.incarnation, slot.delay);
             let parent = myself.clone();
+            let services = Arc::clone(&deployment.services);
             tokio::spawn(async move {
+                let asked = std::time::Instant::now();
                 let result = child.ping(timeout).await;
+                if result.is_ok() {
+                    services
+                        .metrics
+                        .liveness_round_trip
+                        .observe(asked.elapsed());
+                }
                 let _ = parent.cast(ComponentMsg::PingResult {
                     index,
                     incarnation,
@@ -344,7 +392,7 @@ async fn spawn(
     let (actor, _) = Actor::spawn_linked(None, ComponentActor, args, myself.get_cell())
         .await
         .map_err(|error| Failure {
-            path: deployment.plan.components[slot.index].path_text(),
+            path: deployment.plan().components[slot.index].path_text(),
             reason: format!("cannot start its actor: {error}"),
         })?;
     slot.child = Some(ComponentRef(actor));
@@ -362,10 +410,10 @@ async fn wait_for_placement(
     deployment: &Arc<Deployment>,
     index: usize,
 ) -> std::result::Result<Option<String>, Failure> {
-    let path = deployment.plan.components[index].path_text();
-    let parent = deployment.plan.components[index].parent;
+    let path = deployment.plan().components[index].path_text();
+    let parent = deployment.plan().components[index].parent;
     let siblings: Vec<usize> = parent
-        .map(|parent| deployment.plan.components[parent].children.clone())
+        .map(|parent| deployment.plan().components[parent].children.clone())
         .unwrap_or_default()
         .into_iter()
         .filter(|&sibling| sibling != index)
@@ -416,7 +464,7 @@ async fn deploy_one(
     slot: &mut Slot,
 ) -> Outcome {
     spawn(myself, deployment, slot).await?;
-    let path = deployment.plan.components[slot.index].path_text();
+    let path = deployment.plan().components[slot.index].path_text();
     let child = slot.child.clone().ok_or_else(|| Failure {
         path: path.clone(),
         reason: "it vanished".into(),
@@ -435,7 +483,7 @@ async fn run(
     slot: &mut Slot,
 ) -> Outcome {
     deploy_one(myself, deployment, slot).await?;
-    let path = deployment.plan.components[slot.index].path_text();
+    let path = deployment.plan().components[slot.index].path_text();
     let Some(child) = slot.child.clone() else {
         return Ok(());
     };
@@ -522,7 +570,7 @@ pub(super) async fn child_ended(
     slot.ended = true;
     slot.running = false;
     slot.child = None;
-    let child_path = deployment.plan.components[index].path_text();
+    let child_path = deployment.plan().components[index].path_text();
     let decision =
         c.supervisor
             .on_child_end(pos, ending, &c.policies, unix_ms_now(), fastrand::f64());

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ractor::ActorId;
 use sd_lang::Properties;
 use sd_lang::bind::{Bound, bind};
+use sd_proto::Override;
 use sd_store::ComponentRecord;
 use tokio::sync::watch;
 
@@ -33,6 +34,8 @@ pub(crate) struct Services {
     pub peers: Option<Arc<dyn crate::cluster::Peers>>,
     /// Safety mechanisms switched off for chaos tests (none by default).
     pub breaks: crate::TestBreaks,
+    /// What the node measures of its work.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A live component as the registry holds it.
@@ -49,7 +52,10 @@ struct Published {
 /// One deployment's shared state.
 pub(crate) struct Deployment {
     pub name: String,
-    pub plan: Plan,
+    /// What runs, with the live changes made so far: replaced whole when a change commits
+    /// (the tree's shape never changes, only attribute values), so a component reads it
+    /// when it (re)starts and sees the latest values.
+    plan: Mutex<(Arc<Plan>, Vec<Override>)>,
     /// The epoch of the deployment's placement this node acts under, and its root: both move
     /// forward when another node takes the deployment over.
     owner: Mutex<(u64, String)>,
@@ -77,8 +83,16 @@ pub(crate) struct DeploymentIdentity {
     pub name: String,
     pub epoch: u64,
     pub description: String,
+    /// The live changes made to it so far (applied in `plan`).
+    pub overrides: Vec<Override>,
     pub source: String,
     pub root: String,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A file name made of a component path: `sfConfig:pool:r1` → `sfConfig.pool.r1`. Characters
@@ -113,7 +127,7 @@ impl Deployment {
     ) -> Deployment {
         Deployment {
             name: identity.name,
-            plan,
+            plan: Mutex::new((Arc::new(plan), identity.overrides)),
             owner: Mutex::new((identity.epoch, identity.root)),
             description: identity.description,
             source: identity.source,
@@ -125,6 +139,21 @@ impl Deployment {
             adoptions: Mutex::default(),
             cancelled: Mutex::default(),
         }
+    }
+
+    /// The plan as it is now.
+    pub fn plan(&self) -> Arc<Plan> {
+        Arc::clone(&lock(&self.plan).0)
+    }
+
+    /// The live changes made so far, in order.
+    pub fn overrides(&self) -> Vec<Override> {
+        lock(&self.plan).1.clone()
+    }
+
+    /// Replaces the plan after a live change (same tree, new values).
+    pub fn replan(&self, plan: Plan, overrides: Vec<Override>) {
+        *lock(&self.plan) = (Arc::new(plan), overrides);
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<usize, Published>> {
@@ -170,7 +199,7 @@ impl Deployment {
 
     /// The log file of the component at `index`.
     pub fn log_path(&self, index: usize) -> PathBuf {
-        let path = self.plan.components[index].path_text();
+        let path = self.plan().components[index].path_text();
         self.dir()
             .join("logs")
             .join(format!("{}.log", file_name(&path, index)))
@@ -178,13 +207,13 @@ impl Deployment {
 
     /// A directory of this deployment for the component at `index` (`run`, `storage`).
     pub fn component_dir(&self, area: &str, index: usize) -> PathBuf {
-        let path = self.plan.components[index].path_text();
+        let path = self.plan().components[index].path_text();
         self.dir().join(area).join(file_name(&path, index))
     }
 
     /// Records a change of the component at `index`.
     pub fn record(&self, index: usize, change: impl FnOnce(&mut ComponentRecord)) {
-        let planned = &self.plan.components[index];
+        let planned = &self.plan().components[index];
         self.services.records.update(
             &self.name,
             index,
@@ -224,7 +253,7 @@ impl Deployment {
             if cancelled.contains(&index) {
                 return true;
             }
-            at = self.plan.components.get(index).and_then(|c| c.parent);
+            at = self.plan().components.get(index).and_then(|c| c.parent);
         }
         false
     }
@@ -390,8 +419,9 @@ impl Deployment {
         index: usize,
         attribute: &str,
     ) -> std::result::Result<Option<usize>, String> {
-        let description = self.plan.component(index);
-        let from = &self.plan.components[index].path;
+        let plan = self.plan();
+        let description = plan.component(index);
+        let from = &plan.components[index].path;
         let reference = match description.get(attribute) {
             None | Some(sd_lang::Value::Null) => return Ok(None),
             Some(sd_lang::Value::Lazy(reference)) => reference,
@@ -402,13 +432,8 @@ impl Deployment {
                 ));
             }
         };
-        match bind(
-            &self.plan.config,
-            from,
-            reference,
-            &self.services.properties,
-        ) {
-            Ok(Bound::Component(path)) => self.plan.index_of(&path).map(Some).ok_or_else(|| {
+        match bind(&plan.config, from, reference, &self.services.properties) {
+            Ok(Bound::Component(path)) => plan.index_of(&path).map(Some).ok_or_else(|| {
                 format!(
                     "`{attribute}` ({reference}) names `{}`, which is not a running component",
                     sd_lang::bind::path_text(&path)

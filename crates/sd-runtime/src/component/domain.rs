@@ -80,7 +80,7 @@ impl Domain {
                 Some(backend) => Some(deployment.disk_of(backend).ok_or_else(|| {
                     format!(
                         "its storage backend `{}` has no disk ready (it must be a Qcow or Loopback backend deployed before this domain)",
-                        deployment.plan.components[backend].path_text()
+                        deployment.plan().components[backend].path_text()
                     )
                 })?),
                 None => None,
@@ -104,7 +104,7 @@ impl Domain {
             Some(backend) => deployment.work_dir_of(backend).ok_or_else(|| {
                 format!(
                     "its storage backend `{}` has no directory ready (it must be a DirStorageBackend deployed before this domain)",
-                    deployment.plan.components[backend].path_text()
+                    deployment.plan().components[backend].path_text()
                 )
             })?,
             None => {
@@ -157,7 +157,7 @@ impl Domain {
                     ("SD_DEPLOYMENT".to_string(), deployment.name.clone()),
                     (
                         "SD_COMPONENT".to_string(),
-                        deployment.plan.components[index].path_text(),
+                        deployment.plan().components[index].path_text(),
                     ),
                 ]);
                 let spec = ProcessSpec {
@@ -193,10 +193,13 @@ impl Domain {
             let ready = vm
                 .wait_ready(&log, self.log_offset, || identity.is_running())
                 .await;
+            if let Ok(took) = &ready {
+                deployment.services.metrics.vm_boot.observe(*took);
+            }
             match ready {
                 Ok(took) => deployment.services.records.note(
                     &deployment.name,
-                    &deployment.plan.components[index].path_text(),
+                    &deployment.plan().components[index].path_text(),
                     "ready",
                     format!(
                         "guest ready {:.2} s after the VMM started",
@@ -213,7 +216,7 @@ impl Domain {
         if adopted {
             deployment.services.records.note(
                 &deployment.name,
-                &deployment.plan.components[index].path_text(),
+                &deployment.plan().components[index].path_text(),
                 "adopted",
                 format!("process {} re-adopted", identity.pid),
             );
@@ -251,6 +254,18 @@ impl Domain {
         } else {
             Some(format!("the process {exit}"))
         }
+    }
+
+    /// Changes a running VM's memory through its balloon (`memory`, live); `commit` false only
+    /// checks that it can be done.
+    pub async fn set_memory(&mut self, mib: u64, commit: bool) -> Result<(), String> {
+        let Some(vm) = &mut self.vm else {
+            return Err("a process domain has no memory to change".into());
+        };
+        if self.running.is_none() {
+            return Err("the VM is not running".into());
+        }
+        vm.resize(mib, commit).await
     }
 
     pub async fn ping(&self) -> Result<(), String> {

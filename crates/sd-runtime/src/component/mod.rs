@@ -115,6 +115,19 @@ pub enum ComponentMsg {
     },
     /// Node: a node of the cluster was lost (a proxy whose fragment ran there has ended).
     NodeLost(String),
+    /// Node: a live setting of this component (or of one of its children, for their liveness
+    /// checks) changed: check it can be applied (`commit` false), or apply it. The plan has
+    /// the new value already when it is applied.
+    Reconfigure {
+        /// The attribute.
+        attribute: String,
+        /// Its new value.
+        value: sd_lang::Value,
+        /// Apply it (else only check).
+        commit: bool,
+        /// Whether it can be, or was, applied.
+        reply: RpcReplyPort<std::result::Result<(), String>>,
+    },
 }
 
 /// A component, wherever it runs. Today always local; the cluster layer adds remote ones.
@@ -179,6 +192,27 @@ impl ComponentRef {
         {
             Ok(ractor::rpc::CallResult::Success(answer)) => answer,
             _ => Err("the shell is gone".into()),
+        }
+    }
+
+    /// Asks it to check (`commit` false) or apply a live change of `attribute`.
+    pub(crate) async fn reconfigure(
+        &self,
+        attribute: &str,
+        value: sd_lang::Value,
+        commit: bool,
+    ) -> std::result::Result<(), String> {
+        let attribute = attribute.to_string();
+        let message = |reply| ComponentMsg::Reconfigure {
+            attribute,
+            value,
+            commit,
+            reply,
+        };
+        match self.0.call(message, Some(Duration::from_secs(10))).await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => answer,
+            Ok(ractor::rpc::CallResult::Timeout) => Err("no answer within 10 s".into()),
+            _ => Err("the component is gone (restarting?); try again".into()),
         }
     }
 
@@ -311,9 +345,10 @@ impl Actor for ComponentActor {
         args: Args,
     ) -> std::result::Result<State, ActorProcessingErr> {
         let deployment = args.deployment;
-        let planned = &deployment.plan.components[args.index];
+        let plan = deployment.plan();
+        let planned = &plan.components[args.index];
         let path = planned.path_text();
-        let description = deployment.plan.component(args.index);
+        let description = plan.component(args.index);
         let work = match (&args.remote, planned.kind) {
             (Some(node), _) => Work::Remote(remote::Remote::new(
                 &deployment,
@@ -479,7 +514,7 @@ impl Actor for ComponentActor {
                 if let Work::Container(container) = &mut state.work
                     && !state.finished
                 {
-                    container.ping_children(&myself);
+                    container.ping_children(&myself, &state.deployment);
                 }
             }
             ComponentMsg::PingResult {
@@ -508,6 +543,46 @@ impl Actor for ComponentActor {
                     remote.ended();
                     state.end(&myself, ending, reason);
                 }
+            }
+            ComponentMsg::Reconfigure {
+                attribute,
+                value,
+                commit,
+                reply,
+            } => {
+                let answer = match &mut state.work {
+                    _ if state.finished => Err("it has ended; try again".to_string()),
+                    Work::Container(container) => {
+                        if commit {
+                            container.reload_settings(&myself, &state.deployment, state.index);
+                        }
+                        Ok(())
+                    }
+                    Work::Domain(domain) if attribute == "memory" => match value {
+                        sd_lang::Value::Int(mib) if mib > 0 => {
+                            domain.set_memory(mib.unsigned_abs().into(), commit).await
+                        }
+                        other => Err(format!(
+                            "must be a whole number of MiB, not {}",
+                            sd_lang::unparse::value_text(&other)
+                        )),
+                    },
+                    Work::Storage(storage) if attribute == "saveImage" => match value {
+                        sd_lang::Value::Bool(save) => {
+                            if commit {
+                                storage.set_save_image(save);
+                            }
+                            Ok(())
+                        }
+                        other => Err(format!(
+                            "must be true or false, not {}",
+                            sd_lang::unparse::value_text(&other)
+                        )),
+                    },
+                    // A proxy: the fragment's own node applies it. Others hold nothing of it.
+                    _ => Ok(()),
+                };
+                let _ = reply.send(answer);
             }
             ComponentMsg::NodeLost(node) => {
                 if let Work::Remote(remote) = &mut state.work

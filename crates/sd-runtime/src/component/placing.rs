@@ -26,7 +26,7 @@ pub(crate) fn place(
     index: usize,
     avoid: &[String],
 ) -> Result<Placement, String> {
-    let planned = &deployment.plan.components[index];
+    let planned = &deployment.plan().components[index];
     let local = &deployment.services.node;
     let scheduled = scheduling(deployment, index)?;
     if planned.host.is_none() && scheduled.is_none() {
@@ -74,10 +74,10 @@ fn scheduling(
     deployment: &Deployment,
     index: usize,
 ) -> Result<Option<(Vec<Constraint>, Policy)>, String> {
-    let planned = &deployment.plan.components[index];
+    let planned = &deployment.plan().components[index];
     let pool = planned
         .parent
-        .filter(|&parent| deployment.plan.components[parent].kind == Kind::Pool);
+        .filter(|&parent| deployment.plan().components[parent].kind == Kind::Pool);
     // A Schedulee is always placed (NULL scheduler: built-in spread); a Pool's replica only
     // when the Pool names a scheduler.
     let (holder, scheduler) = if planned.kind == Kind::Schedulee {
@@ -94,7 +94,7 @@ fn scheduling(
     let mut policy = Policy::Spread;
     if let Some(scheduler) = scheduler {
         texts.extend(strings(deployment, scheduler, "sdConstraints")?);
-        if let Some(Value::Str(text)) = deployment.plan.component(scheduler).get("sdPlacement") {
+        if let Some(Value::Str(text)) = deployment.plan().component(scheduler).get("sdPlacement") {
             policy = text
                 .parse()
                 .map_err(|e: sd_placement::Error| format!("`sdPlacement`: {e}"))?;
@@ -109,7 +109,7 @@ fn scheduling(
 
 /// A vector-of-strings attribute (absent: empty).
 fn strings(deployment: &Deployment, index: usize, attribute: &str) -> Result<Vec<String>, String> {
-    match deployment.plan.component(index).get(attribute) {
+    match deployment.plan().component(index).get(attribute) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Vector(items)) => items
             .iter()
@@ -132,10 +132,11 @@ fn strings(deployment: &Deployment, index: usize, attribute: &str) -> Result<Vec
 pub(crate) fn needs(deployment: &Deployment, index: usize) -> Resources {
     let mut total = Resources::default();
     let mut stack = vec![index];
+    let plan = deployment.plan();
     while let Some(at) = stack.pop() {
-        let planned = &deployment.plan.components[at];
+        let planned = &plan.components[at];
         if matches!(planned.kind, Kind::ProcessDomain | Kind::QemuDomain) {
-            let description = deployment.plan.component(at);
+            let description = plan.component(at);
             let number = |name: &str| match description.get(name) {
                 Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
                 Some(Value::Long(n)) => u64::try_from(*n).unwrap_or(0),

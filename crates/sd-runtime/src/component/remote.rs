@@ -79,6 +79,7 @@ impl Remote {
             description: deployment.description.clone(),
             source: deployment.source.clone(),
             adopt,
+            overrides: deployment.overrides(),
         };
         let answer = self
             .call(deployment, PeerRequest::Deploy(spec), STEP_DEADLINE)

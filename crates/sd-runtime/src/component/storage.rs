@@ -42,7 +42,7 @@ pub(crate) struct Storage {
 }
 
 fn text(deployment: &Deployment, index: usize, attribute: &str) -> Result<String, String> {
-    match deployment.plan.component(index).get(attribute) {
+    match deployment.plan().component(index).get(attribute) {
         None | Some(Value::Null) => Ok(String::new()),
         Some(Value::Str(s)) => Ok(s.clone()),
         Some(other) => Err(format!(
@@ -53,14 +53,14 @@ fn text(deployment: &Deployment, index: usize, attribute: &str) -> Result<String
 }
 
 fn flag(deployment: &Deployment, index: usize, attribute: &str, default: bool) -> bool {
-    match deployment.plan.component(index).get(attribute) {
+    match deployment.plan().component(index).get(attribute) {
         Some(Value::Bool(b)) => *b,
         _ => default,
     }
 }
 
 fn size_mib(deployment: &Deployment, index: usize) -> u64 {
-    match deployment.plan.component(index).get("diskSize") {
+    match deployment.plan().component(index).get("diskSize") {
         Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
         Some(Value::Long(n)) => u64::try_from(*n).unwrap_or(0),
         _ => 0,
@@ -92,6 +92,18 @@ impl Storage {
         }
     }
 
+    /// Whether the disk or directory is saved when the backend is cleaned away (`saveImage`,
+    /// live).
+    pub fn set_save_image(&mut self, save: bool) {
+        match &mut self.backend {
+            Some(Backend::Dir(spec)) => spec.save_image = save,
+            Some(Backend::Qcow(spec)) => spec.save_image = save,
+            Some(Backend::Loopback(spec)) => spec.save_image = save,
+            Some(Backend::Lvm(spec)) => spec.save_image = save,
+            None => {}
+        }
+    }
+
     fn spec(&self, deployment: &Deployment, index: usize) -> Result<Backend, String> {
         let base = text(deployment, index, "baseImage")?;
         let save_dir = match text(deployment, index, "saveDir")? {
@@ -102,7 +114,7 @@ impl Storage {
             name if name.is_empty() => format!(
                 "{}-{}",
                 deployment.name,
-                deployment.plan.components[index].path.join("-")
+                deployment.plan().components[index].path.join("-")
             ),
             name => name,
         };
@@ -301,7 +313,7 @@ impl Storage {
     pub async fn terminate(&mut self, deployment: &Deployment, index: usize) {
         deployment.publish_work_dir(index, None);
         deployment.publish_disk(index, None);
-        let path = deployment.plan.components[index].path_text();
+        let path = deployment.plan().components[index].path_text();
         match self.clean(true).await {
             Ok(Some(saved)) => deployment.services.records.note(
                 &deployment.name,
@@ -336,14 +348,14 @@ async fn setup(
         // The shell runs on another node: a host's commands run where the directory is, so
         // this node runs them with the same interpreter and environment.
         None if deployment.runs_elsewhere(shell) => {
-            let local = super::shell::Shell::new(deployment.plan.component(shell));
+            let local = super::shell::Shell::new(deployment.plan().component(shell));
             local.check()?;
             local.run_here(script, dir.to_path_buf()).await
         }
         None => {
             return Err(format!(
                 "its shell `{}` is not running (it must be deployed before this backend)",
-                deployment.plan.components[shell].path_text()
+                deployment.plan().components[shell].path_text()
             ));
         }
     };

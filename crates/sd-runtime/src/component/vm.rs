@@ -100,7 +100,7 @@ impl Vm {
         };
         let kernel = existing(d, "kernel")?.ok_or("`kernel` is empty: it must name a kernel")?;
         let initrd = existing(d, "initrd")?;
-        let path = deployment.plan.components[index].path.clone();
+        let path = deployment.plan().components[index].path.clone();
         let domain_name = match text(d, "domainName") {
             name if name.is_empty() => path.last().cloned().unwrap_or_else(|| "vm".into()),
             name => name,
@@ -189,6 +189,25 @@ impl Vm {
         Qmp::connect(&run_dir.join("qmp.sock"))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Sets the running guest's memory to `mib` through the balloon, from now on (and for a
+    /// reboot of the same VMM); `commit` false only checks that it can be done.
+    pub async fn resize(&mut self, mib: u64, commit: bool) -> Result<(), String> {
+        if !(16..=self.boot_memory_mib).contains(&mib) {
+            return Err(format!(
+                "must be between 16 and {} MiB: the VM booted with {} MiB (`maxMemory`), the most the balloon can give it",
+                self.boot_memory_mib, self.boot_memory_mib
+            ));
+        }
+        if !commit {
+            // The balloon must answer: a VM that cannot be changed refuses in the first phase.
+            let mut qmp = self.qmp().await?;
+            return qmp.balloon().await.map(|_| ()).map_err(|e| e.to_string());
+        }
+        self.set_memory(mib).await?;
+        self.memory_mib = mib;
+        Ok(())
     }
 
     /// The guest's memory, through the balloon (MiB).

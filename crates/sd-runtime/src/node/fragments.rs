@@ -82,6 +82,19 @@ impl Node {
             } => self.read_log(&deployment, &path, offset, max).await,
             PeerRequest::Claim { name, claimant } => self.answer_claim(from, &name, claimant),
             PeerRequest::Release { name, claimant } => self.answer_release(from, &name, claimant),
+            PeerRequest::Reconfigure {
+                deployment,
+                epoch,
+                overrides,
+                phase,
+            } => match self
+                .reconfigure_here(&deployment, epoch, overrides, phase)
+                .await
+            {
+                Ok(()) => PeerResponse::Done,
+                Err(why) => PeerResponse::Refused(why),
+            },
+            PeerRequest::Events { after } => PeerResponse::Events(self.events_after(after)),
         }
     }
 
@@ -151,7 +164,7 @@ impl Node {
             Err(why) => PeerResponse::Refused(why),
             Ok((deployment, component)) => {
                 let path = deployment
-                    .plan
+                    .plan()
                     .components
                     .get(key.index as usize)
                     .map(|planned| planned.path_text())
@@ -184,14 +197,16 @@ impl Node {
         }
         let properties = self.inner.services.properties.clone();
         let (source, description) = (spec.source.clone(), spec.description.clone());
-        let (planned, _) =
-            tokio::task::spawn_blocking(move || prepare(&source, &description, &properties))
-                .await
-                .map_err(|e| format!("planning stopped: {e}"))?
-                .map_err(|e| match e {
-                    Error::InvalidDescription { errors } => errors.join("\n"),
-                    other => other.to_string(),
-                })?;
+        let overrides = spec.overrides.clone();
+        let (planned, _) = tokio::task::spawn_blocking(move || {
+            prepare(&source, &description, &overrides, &properties)
+        })
+        .await
+        .map_err(|e| format!("planning stopped: {e}"))?
+        .map_err(|e| match e {
+            Error::InvalidDescription { errors, .. } => errors.join("\n"),
+            other => other.to_string(),
+        })?;
         let now = unix_ms_now();
         if self.records().deployment_record(name).is_none() {
             self.records().put_deployment(DeploymentRecord {
@@ -203,6 +218,7 @@ impl Node {
                 root_node: spec.root_node.clone(),
                 created_unix_ms: now,
                 updated_unix_ms: now,
+                overrides: spec.overrides.clone(),
             });
         }
         let deployment = Arc::new(Deployment::new(
@@ -210,6 +226,7 @@ impl Node {
                 name: name.clone(),
                 epoch: spec.key.epoch,
                 description: spec.description.clone(),
+                overrides: spec.overrides.clone(),
                 source: spec.source.clone(),
                 root: spec.root_node.clone(),
             },
@@ -380,12 +397,13 @@ impl Node {
             }
         };
         let index = spec.key.index as usize;
-        let Some(planned) = deployment.plan.components.get(index) else {
+        let plan = deployment.plan();
+        let Some(planned) = plan.components.get(index) else {
             return PeerResponse::Outcome(Err(FailureText {
                 path: "sfConfig".into(),
                 reason: format!(
                     "the description has no component {index} (it has {})",
-                    deployment.plan.components.len()
+                    plan.components.len()
                 ),
             }));
         };
@@ -679,7 +697,7 @@ impl Node {
             };
             for (&index, record) in &entry.components {
                 let domain = matches!(
-                    deployment.plan.components.get(index).map(|c| c.kind),
+                    deployment.plan().components.get(index).map(|c| c.kind),
                     Some(crate::plan::Kind::ProcessDomain | crate::plan::Kind::QemuDomain)
                 );
                 let active = !matches!(

@@ -15,8 +15,12 @@
 //! meanwhile are reported ended so that their parents' strategies restart them.
 
 mod claims;
+mod events;
 mod fragments;
+mod reconfigure;
 mod succession;
+
+pub use events::EventCursor;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -38,7 +42,7 @@ use crate::component::{
     Args, ComponentActor, ComponentRef, Deployment, DeploymentIdentity, ParentRef, RootEnded,
     Services, deployment_dir,
 };
-use crate::plan::{Plan, plan};
+use crate::plan::{Plan, plan_with};
 use crate::records::{DeploymentEntry, Records};
 use crate::supervision::Ending;
 use crate::{Error, Result};
@@ -95,6 +99,23 @@ pub enum LogLocation {
     Here(PathBuf),
     /// On that node (read it with [`Node::read_log_on`]).
     On(String),
+}
+
+/// What `/metrics` shows of a node.
+#[derive(Debug, Clone)]
+pub struct NodeMetrics {
+    /// The deployments whose root is this node, by state.
+    pub deployments: BTreeMap<String, u64>,
+    /// The components this node runs (or ran, while their deployment is recorded), by state.
+    pub components: BTreeMap<String, u64>,
+    /// Lifecycle events since the agent started, by (`deployment` or `component`, state).
+    pub events: BTreeMap<(&'static str, String), u64>,
+    /// Liveness checks' round trips.
+    pub liveness_round_trip: crate::metrics::HistogramSnapshot,
+    /// VM boot times.
+    pub vm_boot: crate::metrics::HistogramSnapshot,
+    /// The gossip's and the peer transport's counters (`None` alone).
+    pub cluster: Option<sd_proto::ClusterStats>,
 }
 
 /// A deployment this node holds actors for: its root (on the node it was deployed from), or
@@ -218,7 +239,14 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
 }
 
 /// Resolves and plans a description: every error at once.
-fn prepare(source: &str, text: &str, properties: &sd_lang::Properties) -> Result<(Plan, String)> {
+/// Resolves and plans a description with the live changes made to it so far; answers the plan
+/// and the resolved `sfConfig` in SmartFrog notation (what is recorded and sent to peers).
+fn prepare(
+    source: &str,
+    text: &str,
+    overrides: &[sd_proto::Override],
+    properties: &sd_lang::Properties,
+) -> Result<(Plan, String)> {
     let options = sd_lang::Options {
         include_dirs: Vec::new(),
         properties: properties.clone(),
@@ -235,11 +263,26 @@ fn prepare(source: &str, text: &str, properties: &sd_lang::Properties) -> Result
                 .iter()
                 .map(|d| d.render(&diagnostics.sources).trim_end().to_string())
                 .collect(),
+            diagnostics: diagnostics
+                .errors
+                .iter()
+                .filter_map(|d| {
+                    let at = diagnostics.sources.location(d.span?);
+                    Some(sd_proto::Diagnostic {
+                        file: at.file.to_string(),
+                        line: u32::try_from(at.line).unwrap_or(u32::MAX),
+                        column: u32::try_from(at.column).unwrap_or(u32::MAX),
+                        message: d.error.to_string(),
+                    })
+                })
+                .collect(),
         }
     })?;
-    let planned = plan(&resolved.config).map_err(|errors| Error::InvalidDescription {
-        errors: errors.iter().map(ToString::to_string).collect(),
-    })?;
+    let planned =
+        plan_with(&resolved.config, overrides).map_err(|errors| Error::InvalidDescription {
+            errors: errors.iter().map(ToString::to_string).collect(),
+            diagnostics: Vec::new(),
+        })?;
     Ok((planned, sd_lang::unparse::unparse_config(&resolved.config)))
 }
 
@@ -280,6 +323,7 @@ impl Node {
             vm_host: crate::vm_host::VmHost::new(&config.data_dir, config.vm_accelerator),
             peers: config.peers.clone(),
             breaks: config.test_breaks,
+            metrics: crate::metrics::Metrics::default(),
         });
         if config.vm_accelerator.is_none() {
             // Known before the first VM needs it, and published in the node's metadata.
@@ -378,11 +422,12 @@ impl Node {
         let properties = self.inner.services.properties.clone();
         let source = request.source.clone();
         let (planned, description) = tokio::task::spawn_blocking(move || {
-            prepare(&request.source, &request.description, &properties)
+            prepare(&request.source, &request.description, &[], &properties)
         })
         .await
         .map_err(|e| Error::InvalidDescription {
             errors: vec![format!("resolving stopped: {e}")],
+            diagnostics: Vec::new(),
         })??;
         let claim = self.claim_name(&name).await?;
         let now = unix_ms_now();
@@ -395,6 +440,7 @@ impl Node {
             root_node: self.inner.config.name.clone(),
             created_unix_ms: now,
             updated_unix_ms: now,
+            overrides: Vec::new(),
         };
         self.records().put_deployment(record);
         if let Err(error) = self.records().flush().await {
@@ -414,6 +460,20 @@ impl Node {
             .await
     }
 
+    /// Checks a description as a deploy would (resolved with the node's library and
+    /// properties, then planned), without deploying it: how many components would run.
+    pub async fn validate(&self, source: &str, description: &str) -> Result<usize> {
+        let properties = self.inner.services.properties.clone();
+        let (source, description) = (source.to_string(), description.to_string());
+        tokio::task::spawn_blocking(move || prepare(&source, &description, &[], &properties))
+            .await
+            .map_err(|e| Error::InvalidDescription {
+                errors: vec![format!("resolving stopped: {e}")],
+                diagnostics: Vec::new(),
+            })?
+            .map(|(planned, _)| planned.components.len())
+    }
+
     /// Spawns the root of a recorded deployment and drives it in the background.
     async fn launch(
         &self,
@@ -429,6 +489,7 @@ impl Node {
             name: name.clone(),
             epoch: record.epoch,
             description: record.description,
+            overrides: record.overrides,
             source: record.source,
             root: self.inner.config.name.clone(),
         };
@@ -611,16 +672,25 @@ impl Node {
         let planned = lock(&self.inner.live)
             .get(name)
             .map(|live| Arc::clone(&live.deployment));
+        let plan = planned.as_ref().map(|deployment| deployment.plan());
+        // The plan's component at `index`, if it is the one recorded at `path`.
+        let planned_at = |index: usize, path: &str| {
+            let plan = plan.as_ref()?;
+            let component = plan.components.get(index)?;
+            (component.path_text() == path).then_some((plan, component))
+        };
         let supervision = |index: usize, path: &str| {
-            let component = planned.as_ref()?.plan.components.get(index)?;
-            if component.path_text() != path {
-                return None;
-            }
+            let (_, component) = planned_at(index, path)?;
             component.supervisor.map(|spec| sd_proto::Supervision {
                 strategy: spec.strategy.name().to_string(),
                 max_restarts: spec.max_restarts,
                 window_ms: u64::try_from(spec.window.as_millis()).unwrap_or(u64::MAX),
             })
+        };
+        let settings = |index: usize, path: &str| {
+            planned_at(index, path)
+                .map(|(plan, _)| crate::settings::settings_of(plan, index))
+                .unwrap_or_default()
         };
         Ok(DeploymentStatus {
             deployment: summary(&entry),
@@ -629,6 +699,7 @@ impl Node {
                 .iter()
                 .map(|(&index, record)| ComponentStatus {
                     supervision: supervision(index, &record.path),
+                    settings: settings(index, &record.path),
                     path: record.path.clone(),
                     kind: record.kind.clone(),
                     state: record.state,
@@ -665,7 +736,7 @@ impl Node {
             format!("sfConfig:{path}")
         };
         deployment
-            .plan
+            .plan()
             .components
             .iter()
             .position(|c| c.path_text() == wanted)
@@ -681,6 +752,34 @@ impl Node {
     pub async fn vm_driver(&self) -> String {
         let _ = self.inner.services.vm_host.probe().await;
         self.inner.services.vm_host.describe()
+    }
+
+    /// What `/metrics` shows of this node.
+    pub fn metrics(&self) -> NodeMetrics {
+        let me = &self.inner.config.name;
+        let mut deployments = BTreeMap::new();
+        let mut components = BTreeMap::new();
+        for entry in self.records().deployments() {
+            if entry.record.root_node == *me {
+                *deployments
+                    .entry(entry.record.state.name().to_string())
+                    .or_default() += 1;
+            }
+            for record in entry.components.values().filter(|c| c.node == *me) {
+                *components
+                    .entry(record.state.name().to_string())
+                    .or_default() += 1;
+            }
+        }
+        let metrics = &self.inner.services.metrics;
+        NodeMetrics {
+            deployments,
+            components,
+            events: self.records().event_counts(),
+            liveness_round_trip: metrics.liveness_round_trip.snapshot(),
+            vm_boot: metrics.vm_boot.snapshot(),
+            cluster: self.cluster_stats(),
+        }
     }
 
     /// Lifecycle events from now on.
@@ -751,7 +850,12 @@ impl Node {
         let name = entry.record.name.clone();
         let state = entry.record.state.clone();
         let properties = self.inner.services.properties.clone();
-        let planned = match prepare(&entry.record.source, &entry.record.description, &properties) {
+        let planned = match prepare(
+            &entry.record.source,
+            &entry.record.description,
+            &entry.record.overrides,
+            &properties,
+        ) {
             Ok((planned, _)) => planned,
             Err(error) => {
                 let reason = format!("cannot plan the recorded description again: {error}");
@@ -795,7 +899,12 @@ impl Node {
     async fn discard(&self, entry: DeploymentEntry) {
         let name = entry.record.name.clone();
         let properties = self.inner.services.properties.clone();
-        let planned = prepare(&entry.record.source, &entry.record.description, &properties);
+        let planned = prepare(
+            &entry.record.source,
+            &entry.record.description,
+            &entry.record.overrides,
+            &properties,
+        );
         let Ok((planned, _)) = planned else {
             self.records().remove_deployment(&name);
             return;
@@ -833,6 +942,7 @@ impl Node {
                 name: name.clone(),
                 epoch: entry.record.epoch,
                 description: entry.record.description.clone(),
+                overrides: entry.record.overrides.clone(),
                 source: entry.record.source.clone(),
                 root: entry.record.root_node.clone(),
             },
@@ -855,7 +965,7 @@ impl Node {
                 let Ok((component, _ended)) = spawn_under_node(&deployment, index).await else {
                     continue;
                 };
-                let path = deployment.plan.components[index].path_text();
+                let path = deployment.plan().components[index].path_text();
                 if component.deploy(&path).await.is_ok() {
                     let _ = component.start(&path).await;
                 }

@@ -91,6 +91,7 @@ impl Node {
         Replica {
             summary,
             description: entry.record.description.clone(),
+            overrides: entry.record.overrides.clone(),
             epoch: entry.record.epoch,
             placements: entry
                 .components
@@ -373,8 +374,11 @@ impl Node {
         }
         let properties = self.inner.services.properties.clone();
         let (source, description) = (replica.summary.source.clone(), replica.description.clone());
-        let planned =
-            tokio::task::spawn_blocking(move || prepare(&source, &description, &properties)).await;
+        let overrides = replica.overrides.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            prepare(&source, &description, &overrides, &properties)
+        })
+        .await;
         let Ok(Ok((planned, _))) = planned else {
             return;
         };
@@ -389,6 +393,7 @@ impl Node {
             root_node: self.inner.config.name.clone(),
             created_unix_ms: replica.summary.created_unix_ms,
             updated_unix_ms: unix_ms_now(),
+            overrides: replica.overrides.clone(),
         });
         if self.records().flush().await.is_err() {
             return;

@@ -1,0 +1,298 @@
+//! Live reconfiguration (`sd set`), in two phases like SmartFrog's Update: every node that
+//! holds part of the deployment first checks the change (it plans the description with it,
+//! and the component that would apply it says whether it can), and only if all agree does each
+//! commit it: record it durably with the deployment, take the new plan, and have the running
+//! component apply it without a restart. The root commits first, then re-replicates, so a node
+//! taking the deployment over later plans with the change too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_proto::peer::{PeerRequest, PeerResponse, Phase};
+use sd_proto::{DeploymentState, Override, Reconfiguration, ReconfigureRequest};
+
+use super::{Node, lock, prepare};
+use crate::plan::Plan;
+use crate::settings::{AppliedBy, settings_of, target};
+use crate::{Error, Result};
+
+/// How long a node has to answer one phase (a VM's balloon answers in milliseconds).
+const PHASE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What the coordinator knows of a deployment: from its record (the root) or its replica.
+struct Known {
+    description: String,
+    source: String,
+    overrides: Vec<Override>,
+    epoch: u64,
+    root: String,
+}
+
+impl Node {
+    /// Changes `request.attribute` of the running component at `request.path` of deployment
+    /// `name` to `request.value`, on every node that holds part of it, without restarting it.
+    /// An invalid value, an attribute that cannot change live, or any node that cannot apply
+    /// it refuses the change, and nothing changes.
+    pub async fn reconfigure(
+        &self,
+        name: &str,
+        request: ReconfigureRequest,
+    ) -> Result<Reconfiguration> {
+        let path = if request.path == "sfConfig" || request.path.starts_with("sfConfig:") {
+            request.path.clone()
+        } else {
+            format!("sfConfig:{}", request.path)
+        };
+        let status = self.cluster_status(name).await?;
+        if status.deployment.state != DeploymentState::Running {
+            return Err(Error::NotRunning {
+                name: name.to_string(),
+                state: status.deployment.state.name().to_string(),
+            });
+        }
+        let known = self.known(name)?;
+        let setting_error = |reason: String| Error::Setting {
+            path: path.clone(),
+            attribute: request.attribute.clone(),
+            reason,
+        };
+        crate::settings::parse_value(&request.value).map_err(setting_error)?;
+        let change = Override {
+            path: path.clone(),
+            attribute: request.attribute.clone(),
+            value: request.value.trim().to_string(),
+        };
+        // A later change of the same attribute replaces the earlier one.
+        let mut overrides: Vec<Override> = known
+            .overrides
+            .iter()
+            .filter(|o| !(o.path == change.path && o.attribute == change.attribute))
+            .cloned()
+            .collect();
+        overrides.push(change.clone());
+        let old = self
+            .plan_known(&known, known.overrides.clone())
+            .await
+            .map_err(setting_error)?;
+        // What cannot change live is refused for that, before its value is looked at.
+        let (index, _) = target(&old, &path, &request.attribute)?;
+        let new = self
+            .plan_known(&known, overrides.clone())
+            .await
+            .map_err(setting_error)?;
+        let value_in = |plan: &Plan| {
+            settings_of(plan, index)
+                .into_iter()
+                .find(|s| s.attribute == request.attribute)
+                .map(|s| s.value)
+                .unwrap_or_default()
+        };
+        let mut nodes: Vec<String> = status
+            .components
+            .iter()
+            .map(|c| c.node.clone())
+            .chain([known.root.clone()])
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        // The root commits first: once it has, the change is the deployment's.
+        nodes.sort_by_key(|node| *node != known.root);
+        for phase in [Phase::Validate, Phase::Commit] {
+            let answers = futures::future::join_all(nodes.iter().map(|node| {
+                self.reconfigure_on(node, name, known.epoch, overrides.clone(), phase)
+            }))
+            .await;
+            let refusals: Vec<String> = nodes
+                .iter()
+                .zip(answers)
+                .filter_map(|(node, answer)| {
+                    answer.err().map(|why| format!("node \"{node}\": {why}"))
+                })
+                .collect();
+            if refusals.is_empty() {
+                continue;
+            }
+            return Err(match phase {
+                Phase::Validate => setting_error(refusals.join("; ")),
+                Phase::Commit => Error::Remote {
+                    node: nodes.join(", "),
+                    reason: format!(
+                        "the change was recorded but not applied everywhere ({}); it applies there when the component next starts",
+                        refusals.join("; ")
+                    ),
+                },
+            });
+        }
+        let (previous, value) = (value_in(&old), value_in(&new));
+        self.records().note(
+            name,
+            &path,
+            "reconfigured",
+            format!("{}: {previous} -> {value}", request.attribute),
+        );
+        Ok(Reconfiguration {
+            deployment: name.to_string(),
+            path,
+            attribute: request.attribute,
+            previous,
+            value,
+            nodes,
+        })
+    }
+
+    /// The deployment as this node knows it: its own record if it is the root, else the
+    /// root's replica.
+    fn known(&self, name: &str) -> Result<Known> {
+        if let Some(record) = self.records().deployment_record(name)
+            && record.root_node == self.inner.config.name
+        {
+            return Ok(Known {
+                description: record.description,
+                source: record.source,
+                overrides: record.overrides,
+                epoch: record.epoch,
+                root: record.root_node,
+            });
+        }
+        lock(&self.inner.replicas)
+            .get(name)
+            .map(|replica| Known {
+                description: replica.description.clone(),
+                source: replica.summary.source.clone(),
+                overrides: replica.overrides.clone(),
+                epoch: replica.epoch,
+                root: replica.summary.root_node.clone(),
+            })
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// The deployment's plan with `overrides`; a change the planner refuses is the reason.
+    async fn plan_known(
+        &self,
+        known: &Known,
+        overrides: Vec<Override>,
+    ) -> std::result::Result<Plan, String> {
+        let properties = self.inner.services.properties.clone();
+        let (source, description) = (known.source.clone(), known.description.clone());
+        tokio::task::spawn_blocking(move || {
+            prepare(&source, &description, &overrides, &properties)
+                .map(|(plan, _)| plan)
+                .map_err(|e| plan_errors(&e))
+        })
+        .await
+        .map_err(|e| format!("planning stopped: {e}"))?
+    }
+
+    /// One phase on one node (this one directly).
+    async fn reconfigure_on(
+        &self,
+        node: &str,
+        name: &str,
+        epoch: u64,
+        overrides: Vec<Override>,
+        phase: Phase,
+    ) -> std::result::Result<(), String> {
+        if node == self.inner.config.name {
+            return self.reconfigure_here(name, epoch, overrides, phase).await;
+        }
+        let Some(peers) = self.inner.services.peers.clone() else {
+            return Err("no cluster to reach it through".into());
+        };
+        let request = PeerRequest::Reconfigure {
+            deployment: name.to_string(),
+            epoch,
+            overrides,
+            phase,
+        };
+        match peers.call(node, request, PHASE_DEADLINE).await {
+            Ok(PeerResponse::Done) => Ok(()),
+            Ok(PeerResponse::Refused(why)) => Err(why),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(why) => Err(format!("unreachable: {why}")),
+        }
+    }
+
+    /// A phase of a reconfiguration, for what this node holds of the deployment.
+    pub(super) async fn reconfigure_here(
+        &self,
+        name: &str,
+        epoch: u64,
+        overrides: Vec<Override>,
+        phase: Phase,
+    ) -> std::result::Result<(), String> {
+        let Some(change) = overrides.last().cloned() else {
+            return Err("no change".into());
+        };
+        let contexts = {
+            let live = lock(&self.inner.live);
+            let Some(entry) = live.get(name) else {
+                // Nothing of it runs here (any more): nothing to check or apply.
+                return Ok(());
+            };
+            if entry.epoch != epoch {
+                return Err(format!(
+                    "this node holds deployment \"{name}\" under epoch {}, not {epoch} (it was taken over meanwhile); try again",
+                    entry.epoch
+                ));
+            }
+            entry.contexts()
+        };
+        let first = Arc::clone(&contexts[0]);
+        let properties = self.inner.services.properties.clone();
+        let (source, description) = (first.source.clone(), first.description.clone());
+        let planned_overrides = overrides.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            prepare(&source, &description, &planned_overrides, &properties)
+        })
+        .await
+        .map_err(|e| format!("planning stopped: {e}"))?
+        .map_err(|e| plan_errors(&e))?
+        .0;
+        let (index, applied_by) =
+            target(&plan, &change.path, &change.attribute).map_err(|e| e.to_string())?;
+        let actor_index = match applied_by {
+            AppliedBy::Itself => Some(index),
+            AppliedBy::Parent => plan.components[index].parent,
+        };
+        let value = crate::settings::parse_value(&change.value)?;
+        let commit = phase == Phase::Commit;
+        if commit {
+            for context in &contexts {
+                context.replan(plan.clone(), overrides.clone());
+            }
+            if let Some(mut record) = self.records().deployment_record(name) {
+                record.overrides.clone_from(&overrides);
+                record.updated_unix_ms = sd_store::unix_ms_now();
+                self.records().put_deployment(record);
+                self.records().flush().await.map_err(|e| e.to_string())?;
+            }
+        }
+        let actors: Vec<_> = contexts
+            .iter()
+            .filter_map(|context| context.live_component(actor_index?))
+            .collect();
+        for actor in actors {
+            actor
+                .reconfigure(&change.attribute, value.clone(), commit)
+                .await
+                .map_err(|why| format!("`{}` cannot apply it: {why}", change.path))?;
+        }
+        let is_root = lock(&self.inner.live)
+            .get(name)
+            .is_some_and(|entry| entry.root.is_some());
+        if commit && is_root {
+            self.replicate_now(name).await;
+        }
+        Ok(())
+    }
+}
+
+/// The planner's errors as one line.
+fn plan_errors(error: &Error) -> String {
+    match error {
+        Error::InvalidDescription { errors, .. } => errors.join("; "),
+        other => other.to_string(),
+    }
+}
