@@ -34,6 +34,8 @@ impl Agent {
             .args(["--vm-accelerator", "tcg"])
             .arg("--data-dir")
             .arg(data_dir)
+            // Its log on the test's output: warnings and errors only.
+            .env("SD_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .expect("sd agent starts");
@@ -448,7 +450,9 @@ fn a_second_agent_on_the_same_data_dir_or_port_exits_1() {
         .run();
     assert_eq!(code(&output), 1, "{}", stderr(&output));
     assert!(
-        stderr(&output).starts_with("error: "),
+        stderr(&output)
+            .lines()
+            .any(|line| line.starts_with("error: ")),
         "{}",
         stderr(&output)
     );
@@ -791,11 +795,11 @@ fn a_json_log_is_one_object_per_line_and_the_ready_event_names_the_node_and_its_
     assert_eq!(ready["span"]["node"], "e2e", "{ready}");
 
     assert!(
-        events
-            .iter()
-            .any(|event| event["message"] == "deployment state changed"
-                && event["deployment"] == "hello"
-                && event["state"] == "running"),
+        events.iter().any(|event| event["message"] == "lifecycle"
+            && event["deployment"] == "hello"
+            && event["path"] == ""
+            && event["state"] == "running"
+            && event.get("detail").is_none()),
         "no event of hello running:\n{all}"
     );
     assert!(
@@ -879,4 +883,134 @@ fn an_unknown_log_format_or_filter_is_refused_naming_the_flag_and_what_is_accept
         "{error}"
     );
     assert!(!data.exists(), "nothing is started");
+}
+
+#[test]
+fn sd_set_changes_a_running_domain_and_the_change_outlives_the_agent() {
+    let (_root, work, data) = dirs();
+    let agent = Agent::start(&data);
+    let output = agent.sd(
+        &work,
+        &["deploy", "set", "hello.sf", "--wait", "--timeout", "30"],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let pid = pid_of(&status_json(&agent, &work, "set"), "sfConfig:a");
+
+    let output = agent.sd(&work, &["set", "set", "a", "sfLivenessDelay", "7"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output).trim(),
+        "sfConfig:a sfLivenessDelay: 5 -> 7 (validated and committed on e2e)"
+    );
+    // Refused with the reason, exit 1, nothing changed.
+    let output = agent.sd(&work, &["set", "set", "a", "sfLivenessDelay", "-7"]);
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("sfLivenessDelay") && stderr(&output).contains("HTTP 400"),
+        "{}",
+        stderr(&output)
+    );
+    let output = agent.sd(&work, &["set", "nope", "a", "sfLivenessDelay", "7"]);
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("no deployment named"),
+        "{}",
+        stderr(&output)
+    );
+
+    // The events say so, as lines or as JSON.
+    let output = agent.sd(&work, &["events"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(
+        stdout(&output)
+            .lines()
+            .any(|l| l.contains("  e2e  set  sfConfig:a  reconfigured  (sfLivenessDelay: 5 -> 7)")),
+        "{}",
+        stdout(&output)
+    );
+    let output = agent.sd(
+        &work,
+        &["events", "--format", "json", "--deployment", "set"],
+    );
+    let events: Vec<sd_proto::Event> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect(line))
+        .collect();
+    assert!(events.iter().all(|e| e.deployment == "set"));
+    assert!(events.iter().any(|e| e.state == "reconfigured"));
+
+    // `sd console` names the page, with the token in the fragment.
+    let output = agent.sd(&work, &["console"]);
+    let token = std::fs::read_to_string(data.join("token")).expect("token");
+    assert_eq!(
+        stdout(&output).trim(),
+        format!("{}/#token={}", agent.url, token.trim())
+    );
+
+    // A new agent on the data dir plans the deployment with the change.
+    assert_eq!(agent.stop().code(), Some(0));
+    let agent = Agent::start(&data);
+    let status = status_json(&agent, &work, "set");
+    assert_eq!(
+        pid_of(&status, "sfConfig:a"),
+        pid,
+        "re-adopted, not restarted"
+    );
+    let a = status
+        .components
+        .iter()
+        .find(|c| c.path == "sfConfig:a")
+        .unwrap();
+    let delay = a
+        .settings
+        .iter()
+        .find(|s| s.attribute == "sfLivenessDelay")
+        .unwrap();
+    assert_eq!(delay.value, "7");
+    let output = agent.sd(&work, &["terminate", "set", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+}
+
+#[test]
+fn sd_events_follow_prints_events_as_they_happen() {
+    let (_root, work, data) = dirs();
+    let agent = Agent::start(&data);
+    let mut follow = client(&work, &data)
+        .args(["events", "--follow", "--format", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sd events runs");
+    let out = follow.stdout.take().expect("stdout");
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let output = agent.sd(
+        &work,
+        &["deploy", "follow", "hello.sf", "--wait", "--timeout", "30"],
+    );
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut states = Vec::new();
+    while !states.contains(&("sfConfig:a".to_string(), "running".to_string())) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = line_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no `running` of sfConfig:a followed: {states:?}"));
+        let event: sd_proto::Event = serde_json::from_str(&line).expect(&line);
+        states.push((event.path, event.state));
+    }
+    assert!(
+        states.contains(&(String::new(), "deploying".to_string())),
+        "{states:?}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let output = agent.sd(&work, &["terminate", "follow", "--wait"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
 }

@@ -97,6 +97,22 @@ fn wait_status(
         })
 }
 
+/// A live setting's value as `status` shows it.
+fn setting(status: &DeploymentStatus, path: &str, attribute: &str) -> String {
+    let component = status
+        .components
+        .iter()
+        .find(|c| c.path == path)
+        .unwrap_or_else(|| panic!("no {path}: {status:#?}"));
+    component
+        .settings
+        .iter()
+        .find(|s| s.attribute == attribute)
+        .unwrap_or_else(|| panic!("{path} has no {attribute}: {component:#?}"))
+        .value
+        .clone()
+}
+
 /// How many processes run each worker, over the whole cluster.
 fn instances(cluster: &LocalCluster) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -185,6 +201,51 @@ fn deploy_from_any_node_survive_the_loss_of_a_node_and_of_the_root() {
         format!("up on {}", remote.node)
     );
 
+    // Live reconfiguration through a node that is neither the root nor the worker's: the
+    // worker (on another node) and the pool (on the root) change without a restart.
+    let (changed, changed_pid) = (remote.path.clone(), remote.pid.unwrap());
+    let setter = NODES
+        .iter()
+        .find(|n| **n != "n4" && **n != remote.node)
+        .unwrap();
+    for (path, attribute, value) in [
+        (changed.as_str(), "sfLivenessDelay", "3"),
+        ("pool", "sdMaxRestarts", "40"),
+    ] {
+        let set = cluster
+            .sd(setter, &["set", "ha", path, attribute, value])
+            .unwrap();
+        assert!(set.status.success(), "{set:?}");
+        assert!(
+            String::from_utf8_lossy(&set.stdout).contains("validated and committed on"),
+            "{set:?}"
+        );
+    }
+    let refused = cluster
+        .sd(setter, &["set", "ha", &changed, "sfLivenessDelay", "-3"])
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let seen = cluster.status(&remote.node, "ha").unwrap();
+    assert_eq!(setting(&seen, &changed, "sfLivenessDelay"), "3");
+    assert_eq!(setting(&seen, "sfConfig:pool", "sdMaxRestarts"), "40");
+    let worker = seen.components.iter().find(|c| c.path == changed).unwrap();
+    assert_eq!((worker.pid, worker.restarts), (Some(changed_pid), 0));
+    // The cluster's events, gathered from every node by one.
+    let events = cluster.sd("n5", &["events", "--format", "json"]).unwrap();
+    assert!(events.status.success(), "{events:?}");
+    let events: Vec<sd_proto::Event> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect(line))
+        .collect();
+    let from: std::collections::BTreeSet<&str> = events.iter().map(|e| e.node.as_str()).collect();
+    assert_eq!(from.len(), 5, "events from every node: {from:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.state == "reconfigured" && e.path == changed),
+        "{events:#?}"
+    );
+
     // A node hosting domains (not the root) is lost: its replicas come back elsewhere.
     cluster.kill_machine("n2").unwrap();
     let healed = wait_status(&cluster, "n3", "ha", Duration::from_secs(30), |s| {
@@ -208,6 +269,9 @@ fn deploy_from_any_node_survive_the_loss_of_a_node_and_of_the_root() {
             && workers(s).iter().all(|c| c.node != "n4" && c.node != "n2")
     });
     assert!(taken.deployment.epoch > status.deployment.epoch);
+    // The changes are the deployment's: the new root planned it with them.
+    assert_eq!(setting(&taken, &changed, "sfLivenessDelay"), "3");
+    assert_eq!(setting(&taken, "sfConfig:pool", "sdMaxRestarts"), "40");
     for worker in workers(&taken) {
         if let Some(pid) = before_pids.get(&worker.path) {
             assert_eq!(

@@ -185,13 +185,13 @@ impl Records {
             journal.events.push_back(event.clone());
             event
         };
-        tracing::info!(
-            deployment = %event.deployment,
-            path = %event.path,
-            state = %event.state,
-            detail = event.detail.as_deref().unwrap_or(""),
-            "lifecycle"
-        );
+        // Absent when there is none.
+        let detail = event.detail.as_deref();
+        if event.state == "failed" {
+            tracing::warn!(deployment = %event.deployment, path = %event.path, state = %event.state, detail, "lifecycle");
+        } else {
+            tracing::info!(deployment = %event.deployment, path = %event.path, state = %event.state, detail, "lifecycle");
+        }
         // No listener is not an error.
         let _ = self.events.send(event);
     }

@@ -394,41 +394,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             "cluster started: peers over QUIC with mutual TLS, sealed gossip"
         );
     }
-    // What happens to whole deployments (deployed, running, taken over, stepped down,
-    // failed, terminated) is logged, one event each: the agent's log tells its story.
-    let mut events = node.events();
-    tokio::spawn(
-        async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) if event.path.is_empty() => {
-                        let detail = event.detail.as_deref();
-                        if event.state == "failed" {
-                            warn!(
-                                deployment = %event.deployment,
-                                state = %event.state,
-                                detail,
-                                "deployment state changed"
-                            );
-                        } else {
-                            info!(
-                                deployment = %event.deployment,
-                                state = %event.state,
-                                detail,
-                                "deployment state changed"
-                            );
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        warn!(missed, "the log fell behind and missed events");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        }
-        .in_current_span(),
-    );
     let served = async {
         let token = sd_api::load_or_create_token(&data_dir)?;
         let address = api_address;

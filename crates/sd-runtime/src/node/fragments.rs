@@ -661,6 +661,7 @@ impl Node {
     /// abnormally, so its parent's strategy restarts it elsewhere. Call it only on a side of
     /// a partition that sees a majority (the cluster layer decides).
     pub fn peer_lost(&self, node: &str) {
+        tracing::warn!(lost = node, "node lost");
         let contexts: Vec<Arc<Deployment>> = lock(&self.inner.live)
             .values()
             .flat_map(Live::contexts)

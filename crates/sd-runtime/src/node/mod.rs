@@ -615,6 +615,7 @@ impl Node {
     /// Terminates a deployment (every component, in reverse order) and forgets it. Returns
     /// once everything is terminated and cleaned. A failed deployment is just forgotten.
     pub async fn terminate(&self, name: &str) -> Result<()> {
+        tracing::info!(deployment = name, "terminate requested");
         let _reservation = self.reserve(name)?;
         let Some(record) = self.records().deployment_record(name) else {
             drop(_reservation);

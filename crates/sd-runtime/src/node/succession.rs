@@ -362,6 +362,12 @@ impl Node {
     /// the tree planned again with the children still running elsewhere adopted.
     async fn take_over(self, replica: Replica) {
         let name = replica.summary.name.clone();
+        tracing::warn!(
+            deployment = %name,
+            lost_root = %replica.summary.root_node,
+            epoch = replica.epoch + 1,
+            "taking the deployment over"
+        );
         let Ok(_reservation) = self.reserve(&name) else {
             return;
         };
@@ -464,6 +470,7 @@ impl Node {
     /// runs of its old tree (requests to fragments the new root adopted are refused, so
     /// those keep running) and keep the newer record as a replica.
     pub(super) async fn step_down(self, name: String, root: String, epoch: u64) {
+        tracing::warn!(deployment = %name, new_root = %root, epoch, "stepping down as root");
         // Another request on the name (a deploy step, a terminate) finishes first.
         let mut tries = 0;
         let reservation = loop {
