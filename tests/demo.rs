@@ -81,6 +81,8 @@ fn demo_deploys_heals_a_killed_worker_and_leaves_nothing() {
         "node-a *",
         "web: 22 components running",
         "root node-b",
+        "the web console shows it live at http://127.0.0.1:",
+        "sfConfig:pool sdMaxRestarts: 20 -> 30 (validated and committed on node-",
         "3. losing node-c",
         "runs again on node-",
         "ms after the loss",

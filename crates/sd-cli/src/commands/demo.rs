@@ -18,6 +18,7 @@ use super::EXIT_FAILED;
 use super::deploy::{DeployArgs, deploy_from};
 use super::describe::DescriptionArgs;
 use super::nodes::{NodesArgs, nodes};
+use super::set::{SetArgs, set};
 use super::status::{StatusArgs, status};
 use super::terminate::{TerminateArgs, terminate};
 use crate::client::ConnectArgs;
@@ -175,6 +176,25 @@ impl Demo {
         succeed(deploy_from(&args, HA_POOL_SOURCE), "no deployment")?;
         tell!("   `sd status {NAME}` on {}:", NODES[0]);
         self.show_status(NODES[0])?;
+        let console = self.with_cluster(|cluster| {
+            let node = cluster.node(NODES[0]).map_err(text)?;
+            let token =
+                std::fs::read_to_string(node.data_dir.join(sd_api::TOKEN_FILE)).map_err(text)?;
+            Ok(format!("{}/#token={}", node.url(), token.trim()))
+        })?;
+        tell!("   the web console shows it live at {console} (while the demo runs)");
+        let from = NODES[2];
+        tell!(
+            "   `sd set {NAME} pool sdMaxRestarts 30` on {from}: a live change, nothing restarts"
+        );
+        let args = SetArgs {
+            name: NAME.into(),
+            path: "pool".into(),
+            attribute: "sdMaxRestarts".into(),
+            value: "30".into(),
+            connect: self.with_cluster(|cluster| connect(cluster, from))?,
+        };
+        succeed(set(&args), "no change")?;
 
         let before = self.with_cluster(|cluster| cluster.status(NODES[0], NAME).map_err(text))?;
         let lost_workers: Vec<String> = workers(&before)
