@@ -48,11 +48,12 @@ sfConfig extends Compound {
 const BAD_LINE: u64 = 4;
 
 /// JavaScript helpers defined in the page before each script: the element of a component
-/// (inside its deployment's element when there is one) and a snapshot of what it shows.
+/// (the one with a `data-state`, inside its deployment's element when there is one) and a
+/// snapshot of what it shows.
 const HELPERS: &str = r#"
 const sdComponent = (deployment, path) => {
   const dep = document.querySelector(`[data-deployment="${deployment}"]`);
-  const sel = `[data-path="${path}"]`;
+  const sel = `[data-path="${path}"][data-state]`;
   return (dep && dep.querySelector(sel)) || document.querySelector(sel);
 };
 const sdShown = (deployment, path) => {
@@ -202,8 +203,13 @@ fn all_running(status: &DeploymentStatus) -> bool {
 
 /// What one kill behind the console's back measured.
 struct Kill {
+    /// From the kill to the page's stamp of the change (`data-changed-ms`).
     kill_to_page_ms: i64,
+    /// From the agent's first event about it to that stamp.
     event_to_page_ms: i64,
+    /// The same two, to when a mutation observer saw the change in the document.
+    observed_kill_to_page_ms: i64,
+    observed_event_to_page_ms: i64,
 }
 
 #[test]
@@ -261,7 +267,7 @@ fn console_shows_the_cluster_heals_reconfigures_and_reports_errors_live() {
         "the pool and its 3 replicas running",
         "const dep = document.querySelector('[data-deployment=\"pool\"]');
          if (!dep) return false;
-         const reps = [...document.querySelectorAll('[data-path^=\"sfConfig:pool:r\"]')]
+         const reps = [...dep.querySelectorAll('[data-path^=\"sfConfig:pool:r\"][data-state]')]
            .filter(e => /^sfConfig:pool:r\\d+$/.test(e.dataset.path));
          return reps.length === 3 && reps.every(e => e.dataset.state === 'running');",
         Duration::from_secs(15),
@@ -275,18 +281,18 @@ fn console_shows_the_cluster_heals_reconfigures_and_reports_errors_live() {
         &[],
     );
     println!(
-        "FIGURE console page load: dom_content_loaded_ms={:.1} load_ms={:.1} first_full_render_ms={} \
+        "FIGURE console page load: dom_content_loaded_ms={:.1} load_ms={:.1} first_full_render_ms={:.1} \
          (goto returned after {goto_ms} ms; everything shown after {rendered_ms} ms)",
         load["dom"].as_f64().unwrap_or(f64::NAN),
         load["load"].as_f64().unwrap_or(f64::NAN),
-        load["first"],
+        load["first"].as_f64().unwrap_or(f64::NAN),
     );
     if !load["first"].is_number() {
         console.fail(&format!(
             "window.sdConsole.firstRenderMs is not a number once everything is shown: {load}"
         ));
     }
-    // The page shows the pids the API reports, and the nodes they run on.
+    // The page shows the pids the API reports.
     let status = console.pool();
     for path in REPLICAS {
         let pid = component(&status, path).and_then(|c| c.pid).expect("pid");
@@ -355,12 +361,21 @@ fn console_shows_the_cluster_heals_reconfigures_and_reports_errors_live() {
             .get(1)
             .cloned()
             .unwrap_or_else(|| console.fail(&format!("no change of {path} was logged: {log:?}")));
-        let not_running: Vec<&str> = log
+        // The first non-running state the page showed, with when it showed it.
+        let not_running = log
             .iter()
-            .filter_map(|entry| entry["state"].as_str())
-            .filter(|state| *state != "running")
-            .collect();
-        // The page's own time of the change (data-changed-ms), else the observer's.
+            .skip(1)
+            .find(|entry| entry["state"].as_str().is_some_and(|s| s != "running"))
+            .map(|entry| {
+                format!(
+                    "`{}` at +{} ms",
+                    entry["state"].as_str().unwrap_or_default(),
+                    entry["t"].as_i64().unwrap_or_default() - t0 as i64
+                )
+            })
+            .unwrap_or_else(|| "none (straight to running again)".into());
+        // When the page rendered the change: its own stamp (data-changed-ms), and when the
+        // observer saw the element change in the document.
         let page_ms = first_change["changed"]
             .as_str()
             .and_then(|ms| ms.parse::<f64>().ok())
@@ -383,11 +398,13 @@ fn console_shows_the_cluster_heals_reconfigures_and_reports_errors_live() {
         let kill = Kill {
             kill_to_page_ms: page_ms - t0 as i64,
             event_to_page_ms: page_ms - event.unix_ms as i64,
+            observed_kill_to_page_ms: observed_ms - t0 as i64,
+            observed_event_to_page_ms: observed_ms - event.unix_ms as i64,
         };
         println!(
             "FIGURE console state-change-to-page delay: kill_to_page_ms={} event_to_page_ms={} \
-             ({path}; first event `{}` on {} at +{} ms; the page showed `{}` at +{} ms \
-             (observed at +{} ms); states seen: {not_running:?})",
+             ({path}: first event `{}` on {} at +{} ms; first change shown `{}`, stamped at +{} \
+             ms, in the document at +{} ms; first non-running state shown: {not_running})",
             kill.kill_to_page_ms,
             kill.event_to_page_ms,
             event.state,
@@ -395,39 +412,69 @@ fn console_shows_the_cluster_heals_reconfigures_and_reports_errors_live() {
             event.unix_ms as i64 - t0 as i64,
             first_change["state"].as_str().unwrap_or_default(),
             kill.kill_to_page_ms,
-            observed_ms - t0 as i64,
+            kill.observed_kill_to_page_ms,
         );
+        let shown: Vec<String> = log
+            .iter()
+            .map(|entry| {
+                format!(
+                    "+{} ms {} pid {} restarts {}",
+                    entry["t"].as_i64().unwrap_or_default() - t0 as i64,
+                    entry["state"].as_str().unwrap_or_default(),
+                    entry["pid"].as_str().unwrap_or_default(),
+                    entry["restarts"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        println!("  {path} as the page showed it: {}", shown.join("; "));
         kills.push(kill);
         console.shot(&format!(
             "restarted-{}",
             path.rsplit(':').next().unwrap_or(path)
         ));
-        cluster
+        let healed = cluster
             .wait_status("n1", "pool", Duration::from_secs(30), all_running)
             .unwrap_or_else(|error| console.fail(&format!("the pool to run again: {error}")));
+        let new_pid = component(&healed, path).and_then(|c| c.pid).expect("pid");
+        console.wait(
+            &format!("{path} to show the pid the API reports after its restart ({new_pid})"),
+            &format!(
+                "const s = sdShown('pool', {path:?}); \
+                 return s && s.state === 'running' && s.pid === '{new_pid}';"
+            ),
+            Duration::from_secs(10),
+        );
     }
+    let max = |of: fn(&Kill) -> i64| kills.iter().map(of).max().unwrap_or_default();
     println!(
-        "FIGURE console state-change-to-page delay (max of {}): kill_to_page_ms={} event_to_page_ms={}",
+        "FIGURE console state-change-to-page delay (max of {}): kill_to_page_ms={} \
+         event_to_page_ms={} (in the document: kill_to_page_ms={} event_to_page_ms={})",
         kills.len(),
-        kills
-            .iter()
-            .map(|k| k.kill_to_page_ms)
-            .max()
-            .unwrap_or_default(),
-        kills
-            .iter()
-            .map(|k| k.event_to_page_ms)
-            .max()
-            .unwrap_or_default(),
+        max(|k| k.kill_to_page_ms),
+        max(|k| k.event_to_page_ms),
+        max(|k| k.observed_kill_to_page_ms),
+        max(|k| k.observed_event_to_page_ms),
     );
 
     // c. A reconfiguration made in the page takes effect on the running component.
     let target = REPLICAS[0];
     let before = component(&console.pool(), target).expect("replica").clone();
     let pid = before.pid.expect("pid");
-    console.set_value("#reconfigure-deployment", "pool");
-    console.set_value("#reconfigure-path", target);
-    console.set_value("#reconfigure-attribute", "sfLivenessDelay");
+    // As a user does: the setting's edit button in the tree fills the form.
+    console.click(&format!(
+        "button.edit-setting[data-setting-path={target:?}][data-attribute=sfLivenessDelay]"
+    ));
+    for (field, wanted) in [
+        ("#reconfigure-deployment", "pool"),
+        ("#reconfigure-path", target),
+        ("#reconfigure-attribute", "sfLivenessDelay"),
+    ] {
+        console.wait(
+            &format!("the edit button to put {wanted:?} in {field}"),
+            &format!("return document.querySelector({field:?}).value === {wanted:?};"),
+            Duration::from_secs(5),
+        );
+    }
     console.set_value("#reconfigure-value", "3");
     console.click("#reconfigure-submit");
     console.wait(
@@ -554,6 +601,16 @@ fn console_shows_the_cluster_heals_reconfigures_and_reports_errors_live() {
         console.fail(&format!(
             "pool still there after the page terminated it: {:#?}",
             cluster.deployments("n1")
+        ));
+    }
+
+    let clean = cluster.wait_until("no pool process left", Duration::from_secs(20), || {
+        cluster.all_workloads().is_empty()
+    });
+    if clean.is_err() {
+        console.fail(&format!(
+            "processes left after the page terminated pool: {:?}",
+            cluster.all_workloads()
         ));
     }
 

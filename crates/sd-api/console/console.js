@@ -538,7 +538,7 @@
       tr._settingsKey = key;
       tr._settings = settings;
       cells['c-settings'].replaceChildren(...settings.map((s) => h('button', {
-        type: 'button', class: 'edit-setting', 'data-path': c.path, 'data-attribute': s.attribute,
+        type: 'button', class: 'edit-setting', 'data-setting-path': c.path, 'data-attribute': s.attribute,
         'data-value': s.value, title: `edit ${s.attribute}`, text: `${s.attribute}=${s.value} ✎`,
       })));
     }
@@ -843,7 +843,7 @@
 
   function onEditSetting(button) {
     $('reconfigure-deployment').value = button.closest('[data-deployment]').dataset.deployment;
-    $('reconfigure-path').value = button.dataset.path;
+    $('reconfigure-path').value = button.dataset.settingPath;
     $('reconfigure-attribute').value = button.dataset.attribute;
     $('reconfigure-value').value = button.dataset.value ?? '';
     updateReconfigureLists();
