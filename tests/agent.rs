@@ -26,19 +26,29 @@ struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent on `data_dir` and waits (up to 20 s) until it has written `api.url`.
-    fn start(data_dir: &Path) -> Agent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sd"))
+    /// `sd agent` on `data_dir`, as these tests run it.
+    fn command(data_dir: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+        command
             .args(["agent", "--name", "e2e", "--api-listen", "127.0.0.1:0"])
             // These tests boot no VM: no accelerator probe.
             .args(["--vm-accelerator", "tcg"])
             .arg("--data-dir")
             .arg(data_dir)
-            // Its log on the test's output: warnings and errors only.
-            .env("SD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sd agent starts");
+            .stdout(Stdio::piped());
+        command
+    }
+
+    /// Starts an agent on `data_dir` and waits (up to 20 s) until it has written `api.url`.
+    fn start(data_dir: &Path) -> Agent {
+        let mut command = Agent::command(data_dir);
+        // Its log on the test's output: warnings and errors only.
+        command.env("SD_LOG", "warn");
+        Agent::wait_up(command.spawn().expect("sd agent starts"), data_dir)
+    }
+
+    /// Waits (up to 20 s) for a spawned agent's banner on stdout and its `api.url`.
+    fn wait_up(mut child: Child, data_dir: &Path) -> Agent {
         let stdout = child.stdout.take().expect("stdout");
         let (line_tx, line_rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -681,16 +691,11 @@ fn start_logged(
     flags: &[&str],
     sd_log: Option<&str>,
 ) -> (Agent, mpsc::Receiver<Vec<String>>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+    let mut command = Agent::command(data_dir);
     command
-        .args(["agent", "--name", "e2e", "--api-listen", "127.0.0.1:0"])
-        .args(["--vm-accelerator", "tcg"])
-        .arg("--data-dir")
-        .arg(data_dir)
         .args(flags)
         .env_remove("SD_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(filter) = sd_log {
         command.env("SD_LOG", filter);
@@ -705,27 +710,7 @@ fn start_logged(
             .collect();
         let _ = log_tx.send(lines);
     });
-    let stdout = child.stdout.take().expect("stdout");
-    let (line_tx, line_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = line_tx.send(line);
-    });
-    let banner = line_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the agent says it is up");
-    let url = std::fs::read_to_string(data_dir.join("api.url"))
-        .expect("api.url is written before the agent says it is up")
-        .trim()
-        .to_string();
-    let agent = Agent {
-        child,
-        banner: banner.trim_end().to_string(),
-        url,
-        data_dir: data_dir.to_path_buf(),
-    };
-    (agent, log_rx)
+    (Agent::wait_up(child, data_dir), log_rx)
 }
 
 /// The stderr lines of an agent started with [`start_logged`], once it has exited.

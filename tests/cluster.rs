@@ -98,19 +98,11 @@ fn wait_status(
 }
 
 /// A live setting's value as `status` shows it.
-fn setting(status: &DeploymentStatus, path: &str, attribute: &str) -> String {
-    let component = status
-        .components
-        .iter()
-        .find(|c| c.path == path)
-        .unwrap_or_else(|| panic!("no {path}: {status:#?}"));
-    component
-        .settings
-        .iter()
-        .find(|s| s.attribute == attribute)
-        .unwrap_or_else(|| panic!("{path} has no {attribute}: {component:#?}"))
-        .value
-        .clone()
+fn setting<'s>(status: &'s DeploymentStatus, path: &str, attribute: &str) -> &'s str {
+    status
+        .component(path)
+        .and_then(|component| component.setting(attribute))
+        .unwrap_or_else(|| panic!("no setting {attribute} of {path}: {status:#?}"))
 }
 
 /// How many processes run each worker, over the whole cluster.

@@ -752,19 +752,11 @@ const LIVE: &str = r#"sfConfig extends Compound {
   a extends ProcessDomain { command [| "/bin/sh", "-c", "echo hello; exec sleep 60" |]; }
 }"#;
 
-fn setting(status: &DeploymentStatus, path: &str, attribute: &str) -> String {
-    let component = status
-        .components
-        .iter()
-        .find(|c| c.path == path)
-        .unwrap_or_else(|| panic!("no {path}: {status:#?}"));
-    component
-        .settings
-        .iter()
-        .find(|s| s.attribute == attribute)
-        .unwrap_or_else(|| panic!("{path} has no setting {attribute}: {component:#?}"))
-        .value
-        .clone()
+fn setting<'s>(status: &'s DeploymentStatus, path: &str, attribute: &str) -> &'s str {
+    status
+        .component(path)
+        .and_then(|component| component.setting(attribute))
+        .unwrap_or_else(|| panic!("no setting {attribute} of {path}: {status:#?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,16 @@ pub struct ComponentStatus {
     pub settings: Vec<Setting>,
 }
 
+impl ComponentStatus {
+    /// The value now of one of its live [`Setting`]s.
+    pub fn setting(&self, attribute: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|setting| setting.attribute == attribute)
+            .map(|setting| setting.value.as_str())
+    }
+}
+
 /// An attribute of a running component that `sd set` (or the console) can change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Setting {
@@ -249,6 +259,15 @@ pub struct DeploymentStatus {
     pub deployment: DeploymentSummary,
     /// Its components in tree order (a parent before its children, children in order).
     pub components: Vec<ComponentStatus>,
+}
+
+impl DeploymentStatus {
+    /// The component at `path` (`sfConfig:a:b`).
+    pub fn component(&self, path: &str) -> Option<&ComponentStatus> {
+        self.components
+            .iter()
+            .find(|component| component.path == path)
+    }
 }
 
 /// A lifecycle event: a component (or a deployment, with `path` empty) changed state.

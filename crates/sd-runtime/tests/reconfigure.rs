@@ -20,14 +20,11 @@ fn set(path: &str, attribute: &str, value: &str) -> ReconfigureRequest {
     }
 }
 
-fn setting(status: &sd_proto::DeploymentStatus, path: &str, attribute: &str) -> String {
-    component(status, path)
-        .settings
-        .iter()
-        .find(|s| s.attribute == attribute)
-        .unwrap_or_else(|| panic!("{path} has no setting {attribute}"))
-        .value
-        .clone()
+fn setting<'s>(status: &'s sd_proto::DeploymentStatus, path: &str, attribute: &str) -> &'s str {
+    status
+        .component(path)
+        .and_then(|component| component.setting(attribute))
+        .unwrap_or_else(|| panic!("no setting {attribute} of {path}: {status:#?}"))
 }
 
 const WORKER: &str = r#"command [| "/bin/sh", "-c", "exec sleep 120" |];"#;
