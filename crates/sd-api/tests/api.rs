@@ -248,6 +248,22 @@ async fn node_says_who_it_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_lists_itself_and_has_no_cluster_counters() {
+    let f = fixture().await;
+    let reply = f.get("/v1/nodes").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let members: Vec<sd_proto::MemberInfo> = reply.json();
+    assert_eq!(members.len(), 1, "{members:?}");
+    let me = &members[0];
+    assert_eq!((me.name.as_str(), me.state.as_str()), ("api-node", "alive"));
+    assert!(me.is_self && me.vcpus > 0 && me.memory_mib > 0, "{me:?}");
+    assert!(me.free_vcpus <= me.vcpus && me.free_memory_mib <= me.memory_mib);
+    let reply = f.get("/v1/cluster").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "null");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_are_json_errors() {
     let f = fixture().await;
     let reply = f.get("/v2/deployments").await;

@@ -35,7 +35,7 @@ pub mod plan;
 mod records;
 pub mod settings;
 pub mod supervision;
-mod vm_host;
+pub mod vm_host;
 
 pub use cluster::Peers;
 pub use node::{EventCursor, LogLocation, Node, NodeConfig, NodeMetrics, TestBreaks};

@@ -1,5 +1,5 @@
-//! What this node offers virtual machines: whether QEMU is installed, and which accelerator
-//! boots guests here. The accelerator is probed once per node (a kernel booted under KVM with
+//! What this node offers its domains: its capacity (CPUs, memory), and for virtual machines
+//! whether QEMU is installed and which accelerator boots guests here. The accelerator is probed once per node (a kernel booted under KVM with
 //! a timeout, see `sd_drivers::qemu::probe_accelerator`) and recorded in the data dir, so a
 //! later agent reuses it as long as QEMU and the probe kernel are the same files.
 
@@ -120,4 +120,26 @@ impl VmHost {
             }
         }
     }
+}
+
+/// What this host offers domains: its CPUs and its memory (from `/proc/meminfo`).
+pub fn host_capacity() -> sd_placement::Resources {
+    let vcpus = std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib / 1024);
+    sd_placement::Resources { vcpus, memory_mib }
 }

@@ -500,26 +500,13 @@ async fn join(
         .context("cannot join the cluster")
 }
 
-/// What this host offers domains: its CPUs and its memory.
+/// What this host offers domains, as the gossip publishes it.
 fn host_capacity() -> sd_gossip::Resources {
-    let vcpus = std::thread::available_parallelism()
-        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-        .unwrap_or(1);
-    let memory_mib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .map_or(0, |kib| kib / 1024);
-    sd_gossip::Resources { vcpus, memory_mib }
+    let capacity = sd_runtime::vm_host::host_capacity();
+    sd_gossip::Resources {
+        vcpus: capacity.vcpus,
+        memory_mib: capacity.memory_mib,
+    }
 }
 
 #[cfg(test)]

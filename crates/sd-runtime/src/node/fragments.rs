@@ -722,16 +722,18 @@ impl Node {
             return peers.describe();
         }
         let info = self.info();
+        let capacity = crate::vm_host::host_capacity();
+        let reserved = self.reserved();
         vec![sd_proto::MemberInfo {
             name: info.name,
             state: "alive".into(),
             generation: info.generation,
             peer_addr: String::new(),
             api_url: None,
-            vcpus: 0,
-            free_vcpus: 0,
-            memory_mib: 0,
-            free_memory_mib: 0,
+            vcpus: capacity.vcpus,
+            free_vcpus: capacity.vcpus.saturating_sub(reserved.vcpus),
+            memory_mib: capacity.memory_mib,
+            free_memory_mib: capacity.memory_mib.saturating_sub(reserved.memory_mib),
             labels: Default::default(),
             version: info.version,
             accelerator: self.inner.services.vm_host.describe(),
