@@ -191,3 +191,33 @@ async fn a_refused_change_changes_nothing_and_a_replica_is_changed_on_its_own() 
     t.node.terminate("durable").await.unwrap();
     wait_gone(worker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_changes_none_is_lost() {
+    let t = TestNode::new().await;
+    t.deploy_running(
+        "race",
+        &format!(
+            "sfConfig extends Compound {{ sfLivenessDelay 1; pool extends Pool {{ replicas 2; template extends LAZY ProcessDomain {{ {WORKER} }} }} }}"
+        ),
+    )
+    .await;
+    for round in 2..12 {
+        let value = round.to_string();
+        let (one, two) = tokio::join!(
+            t.node
+                .reconfigure("race", set("pool:r1", "sfLivenessDelay", &value)),
+            t.node
+                .reconfigure("race", set("pool:r2", "sfLivenessDelay", &value)),
+        );
+        let status = t.node.status("race").unwrap();
+        for (answer, path) in [(one, "sfConfig:pool:r1"), (two, "sfConfig:pool:r2")] {
+            match answer {
+                // What was acknowledged is what the deployment has.
+                Ok(_) => assert_eq!(setting(&status, path, "sfLivenessDelay"), value),
+                Err(error) => assert!(error.to_string().contains("try again"), "{error}"),
+            }
+        }
+    }
+    t.node.terminate("race").await.unwrap();
+}

@@ -118,6 +118,10 @@ async fn boot_crash_balloon_terminate(backend: &str) {
         "the disk is mounted: {console}"
     );
     assert!(answer(answer_port).contains("vm1"), "port 7000 answers");
+    // Its boot time is measured (`sd_vm_boot_seconds`).
+    let boots = t.node.metrics().vm_boot;
+    assert_eq!(boots.count, 1, "{boots:?}");
+    assert!(boots.sum_us > 0);
 
     // The balloon takes the guest from its boot memory (128) to `memory` (96), and moves live.
     let socket = std::fs::read_dir(t.data_dir().join("deployments/vms/run"))

@@ -95,32 +95,37 @@ impl Node {
             .collect();
         nodes.sort();
         nodes.dedup();
-        // The root commits first: once it has, the change is the deployment's.
-        nodes.sort_by_key(|node| *node != known.root);
-        for phase in [Phase::Validate, Phase::Commit] {
-            let answers = futures::future::join_all(nodes.iter().map(|node| {
-                self.reconfigure_on(node, name, known.epoch, overrides.clone(), phase)
-            }))
+        let others: Vec<String> = nodes
+            .iter()
+            .filter(|node| **node != known.root)
+            .cloned()
+            .collect();
+        let refusals = self
+            .phase_on(&nodes, name, known.epoch, &overrides, Phase::Validate)
             .await;
-            let refusals: Vec<String> = nodes
-                .iter()
-                .zip(answers)
-                .filter_map(|(node, answer)| {
-                    answer.err().map(|why| format!("node \"{node}\": {why}"))
-                })
-                .collect();
-            if refusals.is_empty() {
-                continue;
-            }
-            return Err(match phase {
-                Phase::Validate => setting_error(refusals.join("; ")),
-                Phase::Commit => Error::Remote {
-                    node: nodes.join(", "),
-                    reason: format!(
-                        "the change was recorded but not applied everywhere ({}); it applies there when the component next starts",
-                        refusals.join("; ")
-                    ),
-                },
+        if !refusals.is_empty() {
+            return Err(setting_error(refusals.join("; ")));
+        }
+        // The root commits first, alone: it takes the change only over the changes this
+        // coordinator started from, so of two concurrent changes one is refused, not lost.
+        // Once the root has it, the change is the deployment's.
+        let root = [known.root.clone()];
+        let refusals = self
+            .phase_on(&root, name, known.epoch, &overrides, Phase::Commit)
+            .await;
+        if !refusals.is_empty() {
+            return Err(setting_error(refusals.join("; ")));
+        }
+        let refusals = self
+            .phase_on(&others, name, known.epoch, &overrides, Phase::Commit)
+            .await;
+        if !refusals.is_empty() {
+            return Err(Error::Remote {
+                node: others.join(", "),
+                reason: format!(
+                    "the change was recorded but not applied everywhere ({}); it applies there when the component next starts",
+                    refusals.join("; ")
+                ),
             });
         }
         let (previous, value) = (value_in(&old), value_in(&new));
@@ -183,6 +188,28 @@ impl Node {
         })
         .await
         .map_err(|e| format!("planning stopped: {e}"))?
+    }
+
+    /// One phase on each of `nodes` at once; the refusals, naming their node.
+    async fn phase_on(
+        &self,
+        nodes: &[String],
+        name: &str,
+        epoch: u64,
+        overrides: &[Override],
+        phase: Phase,
+    ) -> Vec<String> {
+        let answers = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|node| self.reconfigure_on(node, name, epoch, overrides.to_vec(), phase)),
+        )
+        .await;
+        nodes
+            .iter()
+            .zip(answers)
+            .filter_map(|(node, answer)| answer.err().map(|why| format!("node \"{node}\": {why}")))
+            .collect()
     }
 
     /// One phase on one node (this one directly).
@@ -258,6 +285,23 @@ impl Node {
         };
         let value = crate::settings::parse_value(&change.value)?;
         let commit = phase == Phase::Commit;
+        let is_root = lock(&self.inner.live)
+            .get(name)
+            .is_some_and(|entry| entry.root.is_some());
+        if is_root && let Some(record) = self.records().deployment_record(name) {
+            // The changes the coordinator started from must be the deployment's now.
+            let base: Vec<&Override> = record
+                .overrides
+                .iter()
+                .filter(|o| !(o.path == change.path && o.attribute == change.attribute))
+                .collect();
+            let asked: Vec<&Override> = overrides[..overrides.len() - 1].iter().collect();
+            if base != asked {
+                return Err(
+                    "another change of this deployment was made meanwhile; try again".into(),
+                );
+            }
+        }
         if commit {
             for context in &contexts {
                 context.replan(plan.clone(), overrides.clone());
@@ -279,9 +323,6 @@ impl Node {
                 .await
                 .map_err(|why| format!("`{}` cannot apply it: {why}", change.path))?;
         }
-        let is_root = lock(&self.inner.live)
-            .get(name)
-            .is_some_and(|entry| entry.root.is_some());
         if commit && is_root {
             self.replicate_now(name).await;
         }
