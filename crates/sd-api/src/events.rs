@@ -16,7 +16,7 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// Every event the members keep (a few thousand each), oldest first.
 pub(crate) async fn recent(node: &Node) -> Vec<Event> {
-    node.cluster_events(&mut EventCursor::default()).await
+    node.cluster_events(&mut EventCursor::default(), true).await
 }
 
 /// The events from now on (with `history`, those kept first), until the server shuts down.
@@ -28,7 +28,7 @@ pub(crate) async fn follow(
     let mut cursor = EventCursor::default();
     let local = node.events();
     // Without history, what the members hold now is skipped.
-    let first = node.cluster_events(&mut cursor).await;
+    let first = node.cluster_events(&mut cursor, true).await;
     let backlog = if history { first } else { Vec::new() };
     let state = Follower {
         node,
@@ -50,17 +50,21 @@ pub(crate) async fn follow(
             if *state.closing.borrow() {
                 return None;
             }
-            tokio::select! {
-                // This node's own events at once; others' at the next poll.
+            // This node's own events at once (without waiting for the others); the other
+            // members' at each poll.
+            let peers = tokio::select! {
                 heard = state.local.recv() => {
                     if matches!(heard, Err(broadcast::error::RecvError::Closed)) {
                         return None;
                     }
+                    // What else has arrived is read from the journal with it.
+                    while state.local.try_recv().is_ok() {}
+                    false
                 }
-                _ = state.poll.tick() => {}
+                _ = state.poll.tick() => true,
                 _ = state.closing.changed() => return None,
-            }
-            let batch = state.node.cluster_events(&mut state.cursor).await;
+            };
+            let batch = state.node.cluster_events(&mut state.cursor, peers).await;
             state.pending.extend(batch);
         }
     });

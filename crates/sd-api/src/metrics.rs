@@ -150,8 +150,8 @@ pub(crate) fn render(node: &str, metrics: &NodeMetrics) -> String {
     out.text
 }
 
-/// The transport's histogram (bucket `i`: `[2^i, 2^(i+1))` µs) as cumulative buckets; the
-/// sum is estimated from the buckets' midpoints.
+/// The transport's histogram (bucket `i`: `[2^i, 2^(i+1))` µs, the last one open-ended) as
+/// cumulative buckets; the sum is estimated from the buckets' midpoints.
 fn rpc_histogram(buckets: &[u64]) -> HistogramSnapshot {
     let mut cumulative = 0;
     let mut sum_us = 0u64;
@@ -160,7 +160,10 @@ fn rpc_histogram(buckets: &[u64]) -> HistogramSnapshot {
         cumulative += count;
         let upper_us = 1u64 << (i + 1).min(63);
         sum_us = sum_us.saturating_add(count.saturating_mul(upper_us * 3 / 4));
-        out.push((upper_us, cumulative));
+        // The last bucket has no upper bound: it is in `+Inf` alone.
+        if i + 1 < buckets.len() {
+            out.push((upper_us, cumulative));
+        }
     }
     HistogramSnapshot {
         buckets: out,
@@ -228,7 +231,7 @@ mod tests {
 
     #[test]
     fn transport_buckets_become_cumulative_seconds() {
-        let snapshot = rpc_histogram(&[0, 2, 1]);
+        let snapshot = rpc_histogram(&[0, 2, 1, 0]);
         assert_eq!(snapshot.buckets, [(2, 0), (4, 2), (8, 3)]);
         let mut out = Exposition::default();
         out.histogram("sd_rpc_latency_seconds", "h", &snapshot);

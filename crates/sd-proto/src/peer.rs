@@ -192,9 +192,12 @@ pub enum PeerRequest {
         /// Validate or commit.
         phase: Phase,
     },
-    /// The lifecycle events this node's agent recorded after its event number `after`
-    /// (at most a few thousand, oldest first). Answered with [`PeerResponse::Events`].
+    /// The lifecycle events this node's agent recorded after its event number `after` in its
+    /// run `generation` (all it keeps if that is not its run now; at most a few thousand,
+    /// oldest first). Answered with [`PeerResponse::Events`].
     Events {
+        /// The agent run the asker's number is from.
+        generation: u64,
         /// The last event number the asker has.
         after: u64,
     },
@@ -242,6 +245,14 @@ pub enum PeerResponse {
     Granted,
     /// The claim on a deployment name is not granted, and why.
     NotGranted(ClaimRefusal),
-    /// Lifecycle events, oldest first.
-    Events(Vec<Event>),
+    /// Lifecycle events, oldest first, of the answering agent's run `generation`.
+    Events {
+        /// The answering agent's generation (its events are numbered anew in each).
+        generation: u64,
+        /// The events.
+        events: Vec<Event>,
+    },
+    /// A reconfiguration was committed here (recorded durably, the plan replaced), but the
+    /// running component could not apply it (it applies when the component next starts).
+    NotApplied(String),
 }

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Buckets: bucket `i` counts observations of at most `2^i` ms (the last one: everything).
+/// Buckets: bucket `i` counts observations of at most `2^i` ms; the last one counts what is
+/// longer than all the others (Prometheus' `+Inf` alone).
 const BUCKETS: usize = 20;
 
 /// A latency histogram.
@@ -17,7 +18,8 @@ pub struct Histogram {
 /// A histogram read at one moment, as Prometheus wants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistogramSnapshot {
-    /// `(upper bound in µs, observations at most that long)`, cumulative, ascending.
+    /// `(upper bound in µs, observations at most that long)`, cumulative, ascending; what is
+    /// longer than the last bound is only in `count`.
     pub buckets: Vec<(u64, u64)>,
     /// Every observation.
     pub count: u64,
@@ -28,7 +30,8 @@ pub struct HistogramSnapshot {
 impl Histogram {
     /// Counts one observation.
     pub fn observe(&self, took: Duration) {
-        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        // Rounded up: an observation is never put below its duration.
+        let ms = u64::try_from(took.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
         // The smallest i with ms <= 2^i.
         let bucket = if ms <= 1 {
             0
@@ -43,8 +46,7 @@ impl Histogram {
     /// The counts now.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
-        let buckets = self
-            .buckets
+        let buckets = self.buckets[..BUCKETS - 1]
             .iter()
             .enumerate()
             .map(|(i, count)| {
@@ -54,7 +56,7 @@ impl Histogram {
             .collect();
         HistogramSnapshot {
             buckets,
-            count: cumulative,
+            count: cumulative + self.buckets[BUCKETS - 1].load(Ordering::Relaxed),
             sum_us: self.sum_us.load(Ordering::Relaxed),
         }
     }
@@ -76,16 +78,21 @@ mod tests {
     #[test]
     fn observations_fall_in_power_of_two_buckets_and_add_up() {
         let histogram = Histogram::default();
-        for ms in [0, 1, 2, 3, 900, 1_000_000_000] {
-            histogram.observe(Duration::from_millis(ms));
+        for us in [0, 1000, 1900, 3000, 900_000, 1_000_000_000_000] {
+            histogram.observe(Duration::from_micros(us));
         }
         let snapshot = histogram.snapshot();
         assert_eq!(snapshot.count, 6);
         assert_eq!(snapshot.buckets[0], (1000, 2)); // 0 and 1 ms
-        assert_eq!(snapshot.buckets[1], (2000, 3)); // 2 ms
+        assert_eq!(snapshot.buckets[1], (2000, 3)); // 1.9 ms, rounded up
         assert_eq!(snapshot.buckets[2], (4000, 4)); // 3 ms
         assert_eq!(snapshot.buckets[10], (1_024_000, 5)); // 900 ms
-        assert_eq!(snapshot.buckets.last().unwrap().1, 6); // the overflow
-        assert_eq!(snapshot.sum_us, (1 + 2 + 3 + 900 + 1_000_000_000) * 1000);
+        // The overflow is in the count alone.
+        assert_eq!(snapshot.buckets.len(), BUCKETS - 1);
+        assert_eq!(snapshot.buckets.last().unwrap().1, 5);
+        assert_eq!(
+            snapshot.sum_us,
+            1000 + 1900 + 3000 + 900_000 + 1_000_000_000_000
+        );
     }
 }

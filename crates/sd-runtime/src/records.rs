@@ -147,8 +147,6 @@ impl Records {
             .journal
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A number above the last one is an asker that knew an earlier agent run: it gets all.
-        let after = if after > journal.last_seq { 0 } else { after };
         journal
             .events
             .iter()
@@ -217,6 +215,26 @@ impl Records {
                 components: BTreeMap::new(),
             });
         let _ = self.writes.send(Write::Deployment(record));
+    }
+
+    /// Changes a deployment's record in place, under the table's lock (so a change made
+    /// meanwhile, a state say, is not lost), and writes it; its state must not change here.
+    /// False if there is no such record.
+    pub fn modify_deployment(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut DeploymentRecord),
+    ) -> bool {
+        let record = {
+            let mut table = self.table();
+            let Some(entry) = table.get_mut(name) else {
+                return false;
+            };
+            change(&mut entry.record);
+            entry.record.clone()
+        };
+        let _ = self.writes.send(Write::Deployment(record));
+        true
     }
 
     /// Forgets a deployment and its components.

@@ -16,6 +16,7 @@ use sd_proto::{DeploymentState, DeploymentStatus, DeploymentSummary};
 use sd_store::{DeploymentRecord, unix_ms_now};
 use tokio::sync::mpsc;
 
+use super::reconfigure::PhaseFailure;
 use super::{Fragment, Live, LogLocation, Node, lock, prepare, remove_dir, spawn_under_node};
 use crate::cluster::{SHORT_DEADLINE, is_alive};
 use crate::component::{ComponentMsg, ComponentRef, Deployment, DeploymentIdentity, RootEnded};
@@ -92,9 +93,13 @@ impl Node {
                 .await
             {
                 Ok(()) => PeerResponse::Done,
-                Err(why) => PeerResponse::Refused(why),
+                Err(PhaseFailure::Refused(why)) => PeerResponse::Refused(why),
+                Err(PhaseFailure::NotApplied(why)) => PeerResponse::NotApplied(why),
             },
-            PeerRequest::Events { after } => PeerResponse::Events(self.events_after(after)),
+            PeerRequest::Events { generation, after } => {
+                let (generation, events) = self.events_after(generation, after);
+                PeerResponse::Events { generation, events }
+            }
         }
     }
 

@@ -203,6 +203,8 @@ struct Inner {
     planning: tokio::sync::Mutex<()>,
     /// The claims on deployment names this node has granted (its own deploys' included).
     claims: Mutex<claims::Claims>,
+    /// Held while a phase of a live reconfiguration runs here.
+    reconfiguring: tokio::sync::Mutex<()>,
 }
 
 /// One node's runtime: cheap to clone, all clones are the same node.
@@ -344,6 +346,7 @@ impl Node {
                 replicas: Mutex::new(replicas),
                 planning: tokio::sync::Mutex::new(()),
                 claims: Mutex::default(),
+                reconfiguring: tokio::sync::Mutex::default(),
             }),
         };
         node.stop_unrecorded(&entries).await;

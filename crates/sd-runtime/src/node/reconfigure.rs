@@ -100,31 +100,32 @@ impl Node {
             .filter(|node| **node != known.root)
             .cloned()
             .collect();
-        let refusals = self
+        let (refused, _) = self
             .phase_on(&nodes, name, known.epoch, &overrides, Phase::Validate)
             .await;
-        if !refusals.is_empty() {
-            return Err(setting_error(refusals.join("; ")));
+        if !refused.is_empty() {
+            return Err(setting_error(refused.join("; ")));
         }
         // The root commits first, alone: it takes the change only over the changes this
         // coordinator started from, so of two concurrent changes one is refused, not lost.
-        // Once the root has it, the change is the deployment's.
+        // Once the root has recorded it, the change is the deployment's.
         let root = [known.root.clone()];
-        let refusals = self
+        let (refused, mut not_applied) = self
             .phase_on(&root, name, known.epoch, &overrides, Phase::Commit)
             .await;
-        if !refusals.is_empty() {
-            return Err(setting_error(refusals.join("; ")));
+        if !refused.is_empty() {
+            return Err(setting_error(refused.join("; ")));
         }
-        let refusals = self
+        let (refused, more) = self
             .phase_on(&others, name, known.epoch, &overrides, Phase::Commit)
             .await;
-        if !refusals.is_empty() {
+        not_applied.extend(refused.into_iter().chain(more));
+        if !not_applied.is_empty() {
             return Err(Error::Remote {
-                node: others.join(", "),
+                node: nodes.join(", "),
                 reason: format!(
-                    "the change was recorded but not applied everywhere ({}); it applies there when the component next starts",
-                    refusals.join("; ")
+                    "the change is recorded but was not applied everywhere ({}); it applies there when the component next starts",
+                    not_applied.join("; ")
                 ),
             });
         }
@@ -190,7 +191,8 @@ impl Node {
         .map_err(|e| format!("planning stopped: {e}"))?
     }
 
-    /// One phase on each of `nodes` at once; the refusals, naming their node.
+    /// One phase on each of `nodes` at once: the nodes that refused it (nothing changed
+    /// there) and those that recorded it without applying it, each with why.
     async fn phase_on(
         &self,
         nodes: &[String],
@@ -198,18 +200,24 @@ impl Node {
         epoch: u64,
         overrides: &[Override],
         phase: Phase,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, Vec<String>) {
         let answers = futures::future::join_all(
             nodes
                 .iter()
                 .map(|node| self.reconfigure_on(node, name, epoch, overrides.to_vec(), phase)),
         )
         .await;
-        nodes
-            .iter()
-            .zip(answers)
-            .filter_map(|(node, answer)| answer.err().map(|why| format!("node \"{node}\": {why}")))
-            .collect()
+        let (mut refused, mut not_applied) = (Vec::new(), Vec::new());
+        for (node, answer) in nodes.iter().zip(answers) {
+            match answer {
+                Ok(()) => {}
+                Err(PhaseFailure::Refused(why)) => refused.push(format!("node \"{node}\": {why}")),
+                Err(PhaseFailure::NotApplied(why)) => {
+                    not_applied.push(format!("node \"{node}\": {why}"));
+                }
+            }
+        }
+        (refused, not_applied)
     }
 
     /// One phase on one node (this one directly).
@@ -220,12 +228,14 @@ impl Node {
         epoch: u64,
         overrides: Vec<Override>,
         phase: Phase,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), PhaseFailure> {
         if node == self.inner.config.name {
             return self.reconfigure_here(name, epoch, overrides, phase).await;
         }
         let Some(peers) = self.inner.services.peers.clone() else {
-            return Err("no cluster to reach it through".into());
+            return Err(PhaseFailure::Refused(
+                "no cluster to reach it through".into(),
+            ));
         };
         let request = PeerRequest::Reconfigure {
             deployment: name.to_string(),
@@ -233,38 +243,49 @@ impl Node {
             overrides,
             phase,
         };
+        // An unreachable node in the commit phase may have committed: it is reported as
+        // not applied (the root's record and the replicas have the change either way).
+        let unknown = |why: String| match phase {
+            Phase::Validate => PhaseFailure::Refused(why),
+            Phase::Commit => PhaseFailure::NotApplied(why),
+        };
         match peers.call(node, request, PHASE_DEADLINE).await {
             Ok(PeerResponse::Done) => Ok(()),
-            Ok(PeerResponse::Refused(why)) => Err(why),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(why) => Err(format!("unreachable: {why}")),
+            Ok(PeerResponse::Refused(why)) => Err(PhaseFailure::Refused(why)),
+            Ok(PeerResponse::NotApplied(why)) => Err(PhaseFailure::NotApplied(why)),
+            Ok(other) => Err(unknown(format!("unexpected answer {other:?}"))),
+            Err(why) => Err(unknown(format!("unreachable: {why}"))),
         }
     }
 
-    /// A phase of a reconfiguration, for what this node holds of the deployment.
+    /// A phase of a reconfiguration, for what this node holds of the deployment. One
+    /// reconfiguration at a time per node: the root's check of the changes a commit builds
+    /// on, and the record it then writes, are one step.
     pub(super) async fn reconfigure_here(
         &self,
         name: &str,
         epoch: u64,
         overrides: Vec<Override>,
         phase: Phase,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), PhaseFailure> {
+        let _one_at_a_time = self.inner.reconfiguring.lock().await;
+        let refused = PhaseFailure::Refused;
         let Some(change) = overrides.last().cloned() else {
-            return Err("no change".into());
+            return Err(refused("no change".into()));
         };
-        let contexts = {
+        let (contexts, is_root) = {
             let live = lock(&self.inner.live);
             let Some(entry) = live.get(name) else {
                 // Nothing of it runs here (any more): nothing to check or apply.
                 return Ok(());
             };
             if entry.epoch != epoch {
-                return Err(format!(
+                return Err(refused(format!(
                     "this node holds deployment \"{name}\" under epoch {}, not {epoch} (it was taken over meanwhile); try again",
                     entry.epoch
-                ));
+                )));
             }
-            entry.contexts()
+            (entry.contexts(), entry.root.is_some())
         };
         let first = Arc::clone(&contexts[0]);
         let properties = self.inner.services.properties.clone();
@@ -274,20 +295,16 @@ impl Node {
             prepare(&source, &description, &planned_overrides, &properties)
         })
         .await
-        .map_err(|e| format!("planning stopped: {e}"))?
-        .map_err(|e| plan_errors(&e))?
+        .map_err(|e| refused(format!("planning stopped: {e}")))?
+        .map_err(|e| refused(plan_errors(&e)))?
         .0;
         let (index, applied_by) =
-            target(&plan, &change.path, &change.attribute).map_err(|e| e.to_string())?;
+            target(&plan, &change.path, &change.attribute).map_err(|e| refused(e.to_string()))?;
         let actor_index = match applied_by {
             AppliedBy::Itself => Some(index),
             AppliedBy::Parent => plan.components[index].parent,
         };
-        let value = crate::settings::parse_value(&change.value)?;
-        let commit = phase == Phase::Commit;
-        let is_root = lock(&self.inner.live)
-            .get(name)
-            .is_some_and(|entry| entry.root.is_some());
+        let value = crate::settings::parse_value(&change.value).map_err(refused)?;
         if is_root && let Some(record) = self.records().deployment_record(name) {
             // The changes the coordinator started from must be the deployment's now.
             let base: Vec<&Override> = record
@@ -297,37 +314,65 @@ impl Node {
                 .collect();
             let asked: Vec<&Override> = overrides[..overrides.len() - 1].iter().collect();
             if base != asked {
-                return Err(
+                return Err(refused(
                     "another change of this deployment was made meanwhile; try again".into(),
-                );
-            }
-        }
-        if commit {
-            for context in &contexts {
-                context.replan(plan.clone(), overrides.clone());
-            }
-            if let Some(mut record) = self.records().deployment_record(name) {
-                record.overrides.clone_from(&overrides);
-                record.updated_unix_ms = sd_store::unix_ms_now();
-                self.records().put_deployment(record);
-                self.records().flush().await.map_err(|e| e.to_string())?;
+                ));
             }
         }
         let actors: Vec<_> = contexts
             .iter()
             .filter_map(|context| context.live_component(actor_index?))
             .collect();
-        for actor in actors {
-            actor
-                .reconfigure(&change.attribute, value.clone(), commit)
-                .await
-                .map_err(|why| format!("`{}` cannot apply it: {why}", change.path))?;
+        if phase == Phase::Validate {
+            for actor in actors {
+                actor
+                    .reconfigure(&change.attribute, value.clone(), false)
+                    .await
+                    .map_err(|why| refused(format!("`{}` cannot apply it: {why}", change.path)))?;
+            }
+            return Ok(());
         }
-        if commit && is_root {
+        // Commit: record it (durably, unless the disk is full: then it is written once there
+        // is room), take the new plan, then have the running component apply it. From the
+        // record on, the change is made here whatever the component answers.
+        self.records().modify_deployment(name, |record| {
+            record.overrides.clone_from(&overrides);
+            record.updated_unix_ms = sd_store::unix_ms_now();
+        });
+        for context in &contexts {
+            context.replan(plan.clone(), overrides.clone());
+        }
+        let mut problems = Vec::new();
+        if let Err(error) = self.records().flush().await {
+            problems.push(format!("not yet durable: {error}"));
+        }
+        for actor in actors {
+            if let Err(why) = actor
+                .reconfigure(&change.attribute, value.clone(), true)
+                .await
+            {
+                problems.push(format!("`{}` did not apply it: {why}", change.path));
+            }
+        }
+        if is_root {
             self.replicate_now(name).await;
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(PhaseFailure::NotApplied(problems.join("; ")))
+        }
     }
+}
+
+/// Why a phase did not go through on a node.
+#[derive(Debug)]
+pub(super) enum PhaseFailure {
+    /// Refused: nothing changed there.
+    Refused(String),
+    /// Committed (the change is recorded and planned there), but not applied to the running
+    /// component, or not durable yet.
+    NotApplied(String),
 }
 
 /// The planner's errors as one line.
