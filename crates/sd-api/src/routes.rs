@@ -171,16 +171,10 @@ async fn component(
     names: Result<Path<(String, String)>, PathRejection>,
 ) -> Answer<Json<ComponentStatus>> {
     let Path((name, path)) = names?;
-    let wanted = if path == "sfConfig" || path.starts_with("sfConfig:") {
-        path.clone()
-    } else {
-        format!("sfConfig:{path}")
-    };
     let status = state.node.cluster_status(&name).await?;
     status
-        .components
-        .into_iter()
-        .find(|component| component.path == wanted)
+        .component(&sd_runtime::plan::full_path(&path))
+        .cloned()
         .map(Json)
         .ok_or_else(|| {
             sd_runtime::Error::NoComponent {

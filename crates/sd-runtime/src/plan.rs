@@ -168,6 +168,16 @@ impl Plan {
     }
 }
 
+/// A component's path as users may write it (`pool:r1`, the leading `sfConfig:` left out)
+/// made whole: `sfConfig:pool:r1`.
+pub fn full_path(path: &str) -> String {
+    if path == "sfConfig" || path.starts_with("sfConfig:") {
+        path.to_string()
+    } else {
+        format!("sfConfig:{path}")
+    }
+}
+
 /// The name of a Pool's `n`-th replica (from 1).
 pub fn replica_name(n: usize) -> String {
     format!("r{n}")

@@ -202,10 +202,7 @@ pub(crate) fn settings_of(plan: &Plan, index: usize) -> Vec<Setting> {
 /// An attribute's value as the runtime uses it (the planner's defaults included).
 fn current(plan: &Plan, index: usize, attribute: &str, description: &Component) -> String {
     let planned = &plan.components[index];
-    let seconds = |d: std::time::Duration| {
-        let text = format!("{}", d.as_secs_f64());
-        text
-    };
+    let seconds = |d: std::time::Duration| d.as_secs_f64().to_string();
     match attribute {
         "sfLivenessDelay" => seconds(planned.liveness.delay),
         "sfLivenessFactor" => planned.liveness.factor.to_string(),

@@ -46,28 +46,23 @@ pub fn events(args: &EventsArgs) -> ExitCode {
             .as_ref()
             .is_none_or(|name| *name == event.deployment)
     };
+    let line = |event: &Event| match args.format {
+        EventFormat::Human => human(event),
+        EventFormat::Json => serde_json::to_string(event).unwrap_or_default(),
+    };
     if !args.follow {
         let events: Vec<Event> = match client.get("/events") {
             Ok(events) => events,
             Err(error) => return error.report(),
         };
         let events: Vec<Event> = events.into_iter().filter(|e| wanted(e)).collect();
-        if args.format == EventFormat::Json && !events.is_empty() {
-            // One object per line, like --follow.
-            let mut out = std::io::stdout().lock();
-            for event in &events {
-                if writeln!(out, "{}", serde_json::to_string(event).unwrap_or_default()).is_err() {
-                    break;
-                }
-            }
-            return ExitCode::SUCCESS;
-        }
-        if args.format == EventFormat::Json {
+        if args.format == EventFormat::Json && events.is_empty() {
             return print_json(&events);
         }
+        // One line per event, JSON ones as with --follow.
         let mut out = std::io::stdout().lock();
         for event in &events {
-            if writeln!(out, "{}", human(event)).is_err() {
+            if writeln!(out, "{}", line(event)).is_err() {
                 break;
             }
         }
@@ -79,15 +74,11 @@ pub fn events(args: &EventsArgs) -> ExitCode {
         let Ok(event) = serde_json::from_str::<Event>(data) else {
             return true;
         };
-        if !wanted(&event) {
-            return true;
-        }
-        let line = match args.format {
-            EventFormat::Human => human(&event),
-            EventFormat::Json => data.to_string(),
-        };
         // A reader gone away (`sd events -f | head`) ends the job.
-        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+        !wanted(&event)
+            || writeln!(out, "{}", line(&event))
+                .and_then(|()| out.flush())
+                .is_ok()
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -193,19 +193,19 @@ impl Domain {
             let ready = vm
                 .wait_ready(&log, self.log_offset, || identity.is_running())
                 .await;
-            if let Ok(took) = &ready {
-                deployment.services.metrics.vm_boot.observe(*took);
-            }
             match ready {
-                Ok(took) => deployment.services.records.note(
-                    &deployment.name,
-                    &deployment.plan().components[index].path_text(),
-                    "ready",
-                    format!(
-                        "guest ready {:.2} s after the VMM started",
-                        took.as_secs_f64()
-                    ),
-                ),
+                Ok(took) => {
+                    deployment.services.metrics.vm_boot.observe(took);
+                    deployment.services.records.note(
+                        &deployment.name,
+                        &deployment.plan().components[index].path_text(),
+                        "ready",
+                        format!(
+                            "guest ready {:.2} s after the VMM started",
+                            took.as_secs_f64()
+                        ),
+                    );
+                }
                 Err(reason) => {
                     self.stop().await;
                     self.remove_private_dir();

@@ -53,13 +53,7 @@ impl Node {
         let (generation, mut events) = self.events_after(generation, after);
         cursor.advance(&me, generation, &events);
         if let Some(transport) = self.inner.services.peers.clone().filter(|_| peers) {
-            let others: Vec<String> = transport
-                .describe()
-                .into_iter()
-                .filter(|member| member.state == "alive" && member.name != me)
-                .map(|member| member.name)
-                .collect();
-            let calls = others.into_iter().map(|node| {
+            let calls = self.gossip_alive_peers().into_iter().map(|node| {
                 let transport = Arc::clone(&transport);
                 let (generation, after) = cursor.of(&node);
                 async move {

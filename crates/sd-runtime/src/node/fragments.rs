@@ -17,7 +17,7 @@ use sd_store::{DeploymentRecord, unix_ms_now};
 use tokio::sync::mpsc;
 
 use super::reconfigure::PhaseFailure;
-use super::{Fragment, Live, LogLocation, Node, lock, prepare, remove_dir, spawn_under_node};
+use super::{Fragment, Live, LogLocation, Node, lock, remove_dir, spawn_under_node};
 use crate::cluster::{SHORT_DEADLINE, is_alive};
 use crate::component::{ComponentMsg, ComponentRef, Deployment, DeploymentIdentity, RootEnded};
 use crate::supervision::Ending;
@@ -200,18 +200,13 @@ impl Node {
         if let Some(known) = self.known_context(spec)? {
             return Ok(known);
         }
-        let properties = self.inner.services.properties.clone();
-        let (source, description) = (spec.source.clone(), spec.description.clone());
-        let overrides = spec.overrides.clone();
-        let (planned, _) = tokio::task::spawn_blocking(move || {
-            prepare(&source, &description, &overrides, &properties)
-        })
-        .await
-        .map_err(|e| format!("planning stopped: {e}"))?
-        .map_err(|e| match e {
-            Error::InvalidDescription { errors, .. } => errors.join("\n"),
-            other => other.to_string(),
-        })?;
+        let (planned, _) = self
+            .prepare_off_thread(&spec.source, &spec.description, &spec.overrides)
+            .await
+            .map_err(|e| match e {
+                Error::InvalidDescription { errors, .. } => errors.join("\n"),
+                other => other.to_string(),
+            })?;
         let now = unix_ms_now();
         if self.records().deployment_record(name).is_none() {
             self.records().put_deployment(DeploymentRecord {
@@ -871,13 +866,7 @@ impl Node {
         };
         // Every member the gossip says is alive (a query may reach one that placement, which
         // also wants a recent answer, would not use yet); each has a short deadline.
-        let others: Vec<String> = peers
-            .describe()
-            .into_iter()
-            .filter(|member| member.state == "alive" && member.name != self.inner.config.name)
-            .map(|member| member.name)
-            .collect();
-        let calls = others.into_iter().map(|node| {
+        let calls = self.gossip_alive_peers().into_iter().map(|node| {
             let peers = Arc::clone(&peers);
             let request = request.clone();
             async move {
@@ -894,11 +883,7 @@ impl Node {
 
     /// Where the log of the component at `path` is: here, or on the node that runs it.
     pub async fn log_location(&self, name: &str, path: &str) -> Result<LogLocation> {
-        let wanted = if path == "sfConfig" || path.starts_with("sfConfig:") {
-            path.to_string()
-        } else {
-            format!("sfConfig:{path}")
-        };
+        let wanted = crate::plan::full_path(path);
         let here = self.records().deployment(name).is_some_and(|entry| {
             entry
                 .components

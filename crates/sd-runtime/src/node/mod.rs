@@ -422,16 +422,10 @@ impl Node {
                 state: format!("its root is node \"{root}\""),
             });
         }
-        let properties = self.inner.services.properties.clone();
         let source = request.source.clone();
-        let (planned, description) = tokio::task::spawn_blocking(move || {
-            prepare(&request.source, &request.description, &[], &properties)
-        })
-        .await
-        .map_err(|e| Error::InvalidDescription {
-            errors: vec![format!("resolving stopped: {e}")],
-            diagnostics: Vec::new(),
-        })??;
+        let (planned, description) = self
+            .prepare_off_thread(&request.source, &request.description, &[])
+            .await?;
         let claim = self.claim_name(&name).await?;
         let now = unix_ms_now();
         let record = DeploymentRecord {
@@ -463,18 +457,29 @@ impl Node {
             .await
     }
 
-    /// Checks a description as a deploy would (resolved with the node's library and
-    /// properties, then planned), without deploying it: how many components would run.
-    pub async fn validate(&self, source: &str, description: &str) -> Result<usize> {
+    /// [`prepare`] on a blocking thread (resolving a large description takes a while), with
+    /// the node's properties.
+    async fn prepare_off_thread(
+        &self,
+        source: &str,
+        text: &str,
+        overrides: &[sd_proto::Override],
+    ) -> Result<(Plan, String)> {
         let properties = self.inner.services.properties.clone();
-        let (source, description) = (source.to_string(), description.to_string());
-        tokio::task::spawn_blocking(move || prepare(&source, &description, &[], &properties))
+        let (source, text, overrides) = (source.to_string(), text.to_string(), overrides.to_vec());
+        tokio::task::spawn_blocking(move || prepare(&source, &text, &overrides, &properties))
             .await
             .map_err(|e| Error::InvalidDescription {
                 errors: vec![format!("resolving stopped: {e}")],
                 diagnostics: Vec::new(),
             })?
-            .map(|(planned, _)| planned.components.len())
+    }
+
+    /// Checks a description as a deploy would (resolved with the node's library and
+    /// properties, then planned), without deploying it: how many components would run.
+    pub async fn validate(&self, source: &str, description: &str) -> Result<usize> {
+        let (planned, _) = self.prepare_off_thread(source, description, &[]).await?;
+        Ok(planned.components.len())
     }
 
     /// Spawns the root of a recorded deployment and drives it in the background.
@@ -734,11 +739,7 @@ impl Node {
                 })
             };
         };
-        let wanted = if path == "sfConfig" || path.starts_with("sfConfig:") {
-            path.to_string()
-        } else {
-            format!("sfConfig:{path}")
-        };
+        let wanted = crate::plan::full_path(path);
         deployment
             .plan()
             .components

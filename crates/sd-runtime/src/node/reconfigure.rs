@@ -5,13 +5,12 @@
 //! component apply it without a restart. The root commits first, then re-replicates, so a node
 //! taking the deployment over later plans with the change too.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sd_proto::peer::{PeerRequest, PeerResponse, Phase};
 use sd_proto::{DeploymentState, Override, Reconfiguration, ReconfigureRequest};
 
-use super::{Node, lock, prepare};
+use super::{Node, lock};
 use crate::plan::Plan;
 use crate::settings::{AppliedBy, settings_of, target};
 use crate::{Error, Result};
@@ -38,11 +37,7 @@ impl Node {
         name: &str,
         request: ReconfigureRequest,
     ) -> Result<Reconfiguration> {
-        let path = if request.path == "sfConfig" || request.path.starts_with("sfConfig:") {
-            request.path.clone()
-        } else {
-            format!("sfConfig:{}", request.path)
-        };
+        let path = crate::plan::full_path(&request.path);
         let status = self.cluster_status(name).await?;
         if status.deployment.state != DeploymentState::Running {
             return Err(Error::NotRunning {
@@ -180,15 +175,10 @@ impl Node {
         known: &Known,
         overrides: Vec<Override>,
     ) -> std::result::Result<Plan, String> {
-        let properties = self.inner.services.properties.clone();
-        let (source, description) = (known.source.clone(), known.description.clone());
-        tokio::task::spawn_blocking(move || {
-            prepare(&source, &description, &overrides, &properties)
-                .map(|(plan, _)| plan)
-                .map_err(|e| plan_errors(&e))
-        })
-        .await
-        .map_err(|e| format!("planning stopped: {e}"))?
+        self.prepare_off_thread(&known.source, &known.description, &overrides)
+            .await
+            .map(|(plan, _)| plan)
+            .map_err(|e| plan_errors(&e))
     }
 
     /// One phase on each of `nodes` at once: the nodes that refused it (nothing changed
@@ -287,17 +277,11 @@ impl Node {
             }
             (entry.contexts(), entry.root.is_some())
         };
-        let first = Arc::clone(&contexts[0]);
-        let properties = self.inner.services.properties.clone();
-        let (source, description) = (first.source.clone(), first.description.clone());
-        let planned_overrides = overrides.clone();
-        let plan = tokio::task::spawn_blocking(move || {
-            prepare(&source, &description, &planned_overrides, &properties)
-        })
-        .await
-        .map_err(|e| refused(format!("planning stopped: {e}")))?
-        .map_err(|e| refused(plan_errors(&e)))?
-        .0;
+        let plan = self
+            .prepare_off_thread(&contexts[0].source, &contexts[0].description, &overrides)
+            .await
+            .map_err(|e| refused(plan_errors(&e)))?
+            .0;
         let (index, applied_by) =
             target(&plan, &change.path, &change.attribute).map_err(|e| refused(e.to_string()))?;
         let actor_index = match applied_by {

@@ -23,7 +23,7 @@ use sd_proto::peer::{FragmentKey, PeerRequest, PeerResponse, Replica};
 use sd_proto::{DeploymentState, DeploymentSummary};
 use sd_store::{DeploymentRecord, unix_ms_now};
 
-use super::{Node, lock, prepare};
+use super::{Node, lock};
 use crate::cluster::SHORT_DEADLINE;
 use crate::records::DeploymentEntry;
 
@@ -109,7 +109,7 @@ impl Node {
 
     /// The other members the gossip says are alive: replicas go to all of them (one that has
     /// not answered a contact ping lately may still take a replica).
-    fn gossip_alive_peers(&self) -> Vec<String> {
+    pub(super) fn gossip_alive_peers(&self) -> Vec<String> {
         let Some(peers) = &self.inner.services.peers else {
             return Vec::new();
         };
@@ -378,14 +378,14 @@ impl Node {
         {
             return;
         }
-        let properties = self.inner.services.properties.clone();
-        let (source, description) = (replica.summary.source.clone(), replica.description.clone());
-        let overrides = replica.overrides.clone();
-        let planned = tokio::task::spawn_blocking(move || {
-            prepare(&source, &description, &overrides, &properties)
-        })
-        .await;
-        let Ok(Ok((planned, _))) = planned else {
+        let planned = self
+            .prepare_off_thread(
+                &replica.summary.source,
+                &replica.description,
+                &replica.overrides,
+            )
+            .await;
+        let Ok((planned, _)) = planned else {
             return;
         };
         let epoch = replica.epoch + 1;
